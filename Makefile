@@ -1,0 +1,41 @@
+# wardgate developer entry points. `make test` is what CI runs (via .ci/run).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := test
+.PHONY: venv test demo bench clean distclean
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $(STAMP)
+
+# Plain invocations: any non-zero exit fails the target, including pytest's
+# exit 5 ("no tests collected").
+test: venv
+	$(BIN)/lint-imports
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/python -m wardgate.devtools.demo
+
+bench: venv
+	$(BIN)/python bench/pg_overhead.py
+
+clean:
+	rm -rf build dist .pytest_cache .import_linter_cache .wardgate wardgate-audit
+	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# clean, and the virtualenv too.
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,102 @@
+"""``wardgate`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from wardgate.config import ConfigError, load_config, parse_duration
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from wardgate.server import run_gateway
+
+    config = load_config(args.config)
+
+    def started(gateway) -> None:
+        for host, port in gateway.listener_addresses:
+            print(f"wardgate: postgres listener on {host}:{port}", flush=True)
+        host, port = gateway.control_address
+        print(f"wardgate: control port on http://{host}:{port} (/healthz /readyz /metrics)", flush=True)
+        if gateway.dev_issuer is not None:
+            print(f"wardgate: dev issuer {gateway.dev_issuer.issuer_url}", flush=True)
+        if gateway.dev_ca_file is not None:
+            print(f"wardgate: dev TLS CA {gateway.dev_ca_file}", flush=True)
+
+    uvloop.run(run_gateway(config, Path(args.config).resolve().parent, on_started=started))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from wardgate.core.devissuer import DevIssuer, dev_issuer_url
+
+    config = load_config(args.config)
+    if not config.dev_issuer.enabled:
+        raise ConfigError(f"{args.config}: dev_issuer.enabled is false: this gateway trusts no dev tokens")
+    if config.control.address.endswith(":0"):
+        raise ConfigError(f"{args.config}: control.address has port 0: dev tokens need a fixed control port")
+    extra = {}
+    for item in args.claim or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"wardgate token: --claim {item!r} is not KEY=VALUE")
+        extra[key] = value
+    issuer = DevIssuer(config.state_dir, dev_issuer_url(config.control.address), config.dev_issuer.audience,
+                       config.dev_issuer.max_token_lifetime)
+    groups = [g for part in args.groups or [] for g in part.split(",") if g]
+    try:
+        print(issuer.mint(args.sub, groups, ttl=parse_duration(args.ttl), extra_claims=extra))
+    except ValueError as exc:
+        raise SystemExit(f"wardgate token: {exc}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(json.dumps({"listeners": len(config.listeners), "resources": sorted(config.resources),
+                      "issuers": [i.issuer for i in config.issuers], "dev_issuer": config.dev_issuer.enabled}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wardgate", description="Layer 7 access gateway for AI agents and CI")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", required=True, help="gateway configuration (YAML)")
+    serve.set_defaults(func=_serve)
+
+    token = commands.add_parser("token", help="mint a short-lived token from the dev issuer")
+    token.add_argument("--config", required=True, help="the gateway configuration that enables dev_issuer")
+    token.add_argument("--sub", required=True, help="subject (who the token names)")
+    token.add_argument("--groups", action="append", help="group(s), comma-separated or repeated")
+    token.add_argument("--ttl", default="15m", help="lifetime, e.g. 15m (default)")
+    token.add_argument("--claim", action="append", help="extra claim KEY=VALUE (e.g. repository=acme/app)")
+    token.set_defaults(func=_token)
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"wardgate: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The gateway's configuration file: a YAML document validated by pydantic.
+
+Every model forbids unknown keys, so a typo is an error naming the key rather than a silently
+ignored setting. Durations accept seconds (``90``) or ``"30s"``, ``"15m"``, ``"1h"``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """``"15m"`` → 900.0; numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or a string like '30s', '15m', '1h'")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"{value!r} is not a duration (use seconds or '30s', '15m', '1h', '2d')")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+# Algorithms a trusted issuer may sign with. Never "none"; never HS* (a shared secret would let anyone
+# holding the verification key mint tokens, and HS* with a public key is the classic confusion attack).
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:6432"`` / ``"[::1]:6432"`` → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"{value!r} has no host")
+    port_number = int(port)
+    if not 0 <= port_number <= 65535:
+        raise ValueError(f"port {port_number} is out of range")
+    return host, port_number
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TLSConfig(_Strict):
+    """A server certificate. When a listener has no ``tls`` block, a dev CA and certificate are
+    generated in the state directory (fine for local use; production configures real ones)."""
+
+    cert_file: Path
+    key_file: Path
+
+
+class ListenerConfig(_Strict):
+    protocol: Literal["postgres"]
+    address: str = "127.0.0.1:6432"
+    tls: TLSConfig | None = None
+    # Tokens are bearer credentials: by default the password message that carries one must arrive over
+    # TLS. Plain TCP is accepted only from a loopback peer, and only when this is set.
+    allow_plaintext_token_on_loopback: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+
+class ControlConfig(_Strict):
+    """HTTP control port: health, readiness, Prometheus metrics, dev-issuer discovery and JWKS."""
+
+    address: str = "127.0.0.1:9480"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+
+class IssuerConfig(_Strict):
+    """A trusted OIDC / workload-identity issuer."""
+
+    issuer: str
+    audience: str | list[str]
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256"])
+    # Where the signing keys are. Default: the ``jwks_uri`` of the issuer's discovery document.
+    jwks_uri: str | None = None
+    clock_skew: Duration = 30.0
+    # Tokens whose ``exp - iat`` exceeds this are refused: workload tokens are short-lived by design.
+    max_token_lifetime: Duration = 3600.0
+    # Which claim carries group membership (IdPs differ: ``groups``, ``roles``, ``cognito:groups``…).
+    groups_claim: str = "groups"
+    # Claims copied into the principal for policy and audit (CI context: GitHub ``repository``, ``ref``,
+    # ``environment``, ``job_workflow_ref``; GitLab ``project_path``, ``ref``…). Missing ones are skipped.
+    claims: list[str] = Field(
+        default_factory=lambda: [
+            "repository", "repository_owner", "ref", "ref_type", "environment", "job_workflow_ref",
+            "workflow", "run_id", "actor", "project_path", "namespace_path", "pipeline_source",
+            "email", "preferred_username", "tid", "oid", "azp",
+        ]
+    )
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        bad = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if bad:
+            raise ValueError(
+                f"algorithm(s) {bad} not allowed: only asymmetric algorithms "
+                f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))}) may be trusted"
+            )
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"issuer {value!r} must be an http(s) URL")
+        return value
+
+
+class DevIssuerConfig(_Strict):
+    """A local token issuer for development: ``wardgate token`` mints tokens that only a config
+    enabling this trusts. Its discovery document and JWKS are served on the control port, so the
+    gateway verifies dev tokens exactly like real ones, over HTTP."""
+
+    enabled: bool = False
+    audience: str = "wardgate"
+    max_token_lifetime: Duration = 3600.0
+
+
+class BackendTLSConfig(_Strict):
+    mode: Literal["disable", "require", "verify-ca", "verify-full"] = "disable"
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _ca(self) -> "BackendTLSConfig":
+        if self.mode in ("verify-ca", "verify-full") and self.ca_file is None:
+            raise ValueError(f"tls.mode {self.mode} needs tls.ca_file")
+        return self
+
+
+class ResourceConfig(_Strict):
+    """A backend the gateway fronts. Clients name it as the PostgreSQL ``database``."""
+
+    protocol: Literal["postgres"]
+    host: str
+    port: int = 5432
+    database: str
+    # The gateway's own account on the backend; the client never sees these.
+    username: str
+    # A credential URL: ``env://VAR``, ``file:///path`` (later: ``aws-sm://``, ``gcp-sm://``,
+    # ``azure-kv://``). Omit for trust authentication.
+    password: str | None = None
+    tls: BackendTLSConfig = BackendTLSConfig()
+    connect_timeout: Duration = 10.0
+
+
+class AuditConfig(_Strict):
+    # Where events go. ``file://DIR`` is the embedded default.
+    sink: str = "file://./wardgate-audit"
+    # ``write``: every event is written to the OS before the client sees the result it describes
+    # (survives a crash of the gateway process, not of the machine), fsynced every ``fsync_interval``.
+    # ``always``: every event is fsynced before the client sees the result (group commit).
+    fsync: Literal["write", "always"] = "write"
+    fsync_interval: Duration = 1.0
+    # Recording can be switched off only for benchmarks; a warning says so loudly at start.
+    enabled: bool = True
+
+
+class GatewayConfig(_Strict):
+    listeners: list[ListenerConfig]
+    control: ControlConfig = ControlConfig()
+    state_dir: Path = Path("./.wardgate")
+    issuers: list[IssuerConfig] = Field(default_factory=list)
+    dev_issuer: DevIssuerConfig = DevIssuerConfig()
+    resources: dict[str, ResourceConfig]
+    audit: AuditConfig = AuditConfig()
+
+    @model_validator(mode="after")
+    def _trust(self) -> "GatewayConfig":
+        if not self.issuers and not self.dev_issuer.enabled:
+            raise ValueError("no trusted issuer: configure 'issuers' or enable 'dev_issuer'")
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and the bad key."""
+
+
+def _format_validation_error(path: Path | str, error: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {location}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str) -> GatewayConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping of keys to values")
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from None
+    # Relative paths are relative to the config file, so a config works wherever it is run from.
+    base = path.parent
+    return config.model_copy(update={"state_dir": (base / config.state_dir).resolve()})

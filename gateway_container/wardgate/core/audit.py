@@ -1,0 +1,272 @@
+"""Recording: one JSON event per fact, chained per session, written before the client sees a result.
+
+Durability contract (``audit.fsync``):
+- ``write`` (default): every event is handed to the operating system (``write(2)``) before the
+  statement it describes reaches the backend and before the client sees any result of it; a crash or
+  ``kill -9`` of the gateway loses nothing the client saw. Files are fsynced every ``fsync_interval``
+  seconds, so a crash of the whole machine may lose up to that interval.
+- ``always``: every event is on stable storage (fsync, group commit: one fsync covers every event
+  queued meanwhile, from all sessions) before the statement reaches the backend and before the client
+  sees a result.
+
+If the sink cannot be written, :class:`AuditUnavailable` is raised to the caller, which refuses the
+command: nothing runs unrecorded. The next commit tries again, so service resumes when the sink does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+
+from wardgate.core.model import Principal
+
+EVENT_FORMAT_VERSION = 1
+GENESIS_HASH = "0" * 64
+
+
+class AuditUnavailable(Exception):
+    """The audit sink cannot be written: callers must refuse the command (fail closed)."""
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class FileSpool:
+    """Append-only JSON-lines segments in a local directory (the embedded sink, ``file://DIR``).
+
+    A segment is closed when it reaches ``segment_bytes``; a closed segment is made read-only.
+    """
+
+    def __init__(self, directory: Path, gateway_id: str, segment_bytes: int = 64 << 20):
+        self.directory = directory
+        self.gateway_id = gateway_id
+        self.segment_bytes = segment_bytes
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._size = 0
+        self._segment_number = 0
+        self._lock = threading.Lock()  # guards fd swaps against the fsync thread
+
+    @property
+    def current_path(self) -> Path | None:
+        return self._path
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._segment_number += 1
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self._path = self.directory / f"{stamp}-{self.gateway_id}-{self._segment_number:06d}.jsonl"
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._size = os.fstat(self._fd).st_size
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            self._open()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._size += len(data)
+        if self._size >= self.segment_bytes:
+            self._seal_current()
+
+    def sync(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+
+    def _seal_current(self) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            fd, path = self._fd, self._path
+            self._fd = None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(path, 0o440)
+
+    def reset_after_error(self) -> None:
+        """Drop a file descriptor that failed, so the next write opens a fresh segment."""
+        with self._lock:
+            if self._fd is not None:
+                try:
+                    os.close(self._fd)
+                except OSError:
+                    pass
+                self._fd = None
+
+    def close(self) -> None:
+        self._seal_current()
+
+
+def open_sink(url: str, base_dir: Path, gateway_id: str) -> FileSpool:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        raw = (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
+        path = Path(raw)
+        if not path.is_absolute():
+            path = (base_dir / path).resolve()
+        return FileSpool(path, gateway_id)
+    raise ValueError(f"audit sink {url!r}: unsupported scheme {parsed.scheme!r} (supported: file://)")
+
+
+class Recorder:
+    """Collects events from all sessions of a gateway and commits them to the sink.
+
+    Producers call :meth:`append` (cheap, in the event loop) and :meth:`commit` before letting bytes
+    through; ``commit`` returns ``None`` when the events are as durable as the policy requires, or a
+    future to wait on (``always`` mode).
+    """
+
+    def __init__(self, spool: FileSpool | None, *, fsync: str = "write", fsync_interval: float = 1.0):
+        self.spool = spool
+        self.fsync_mode = fsync
+        self.fsync_interval = fsync_interval
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sync_requests: list[asyncio.Future] = []
+        self._sync_cond = threading.Condition()
+        self._stopping = False
+        self._dirty = False
+        self._thread: threading.Thread | None = None
+        self.events_written = 0
+        self.last_error: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.spool is not None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        if self.spool is not None:
+            self._thread = threading.Thread(target=self._sync_worker, name="wardgate-audit-fsync", daemon=True)
+            self._thread.start()
+
+    def append(self, line: bytes) -> None:
+        if self.spool is not None:
+            self._pending.append(line)
+
+    def commit(self) -> asyncio.Future | None:
+        """Write pending events; raise :class:`AuditUnavailable` if the sink refuses them."""
+        if not self._pending:
+            return None
+        data = b"".join(self._pending)
+        try:
+            self.spool.write(data)
+        except OSError as exc:
+            self.spool.reset_after_error()
+            self.last_error = f"{exc.strerror or exc}"
+            raise AuditUnavailable(f"audit sink cannot be written: {self.last_error}") from None
+        self.events_written += len(self._pending)
+        self._pending.clear()
+        self.last_error = None
+        if self.fsync_mode != "always":
+            self._dirty = True
+            return None
+        future = self._loop.create_future()
+        with self._sync_cond:
+            self._sync_requests.append(future)
+            self._sync_cond.notify()
+        return future
+
+    def _sync_worker(self) -> None:
+        # Group commit: one fsync answers every request queued while the previous one ran.
+        while True:
+            with self._sync_cond:
+                if not self._sync_requests and not self._stopping:
+                    self._sync_cond.wait(timeout=self.fsync_interval)
+                requests, self._sync_requests = self._sync_requests, []
+                stopping = self._stopping
+            if requests or self._dirty:
+                self._dirty = False
+                error: str | None = None
+                try:
+                    self.spool.sync()
+                except OSError as exc:
+                    error = f"audit sink cannot be synced: {exc.strerror or exc}"
+                if requests:
+                    self._loop.call_soon_threadsafe(_resolve_all, requests, error)
+            if stopping:
+                return
+
+    def close(self) -> None:
+        if self.spool is None:
+            return
+        try:
+            self.commit()
+        except AuditUnavailable:
+            pass
+        with self._sync_cond:
+            self._stopping = True
+            self._sync_cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.spool.close()
+
+
+def _resolve_all(futures: list[asyncio.Future], error: str | None) -> None:
+    for future in futures:
+        if not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(AuditUnavailable(error))
+
+
+class SessionLog:
+    """The events of one session: a SHA-256 hash chain (``prev_hash`` of each event is the hash of
+    the previous event's line), so a removed, altered or reordered event breaks the chain."""
+
+    __slots__ = ("recorder", "session_id", "seq", "prev_hash", "_common", "identity")
+
+    def __init__(self, recorder: Recorder, session_id: str, common: dict[str, Any]):
+        self.recorder = recorder
+        self.session_id = session_id
+        self.seq = 0
+        self.prev_hash = GENESIS_HASH
+        self._common = common
+        self.identity: dict[str, Any] | None = None
+
+    def set_identity(self, principal: Principal) -> None:
+        self.identity = {"issuer": principal.issuer, "subject": principal.subject}
+
+    def emit(self, event_type: str, **fields: Any) -> str:
+        """Append one event; return its id."""
+        if self.recorder.spool is None:
+            return ""
+        self.seq += 1
+        event_id = f"{self.session_id}-{self.seq:06d}"
+        event = {
+            "v": EVENT_FORMAT_VERSION,
+            "id": event_id,
+            "time": utc_now_iso(),
+            "type": event_type,
+            "session": self.session_id,
+            "seq": self.seq,
+            **self._common,
+            "identity": self.identity,
+            **fields,
+            "prev_hash": self.prev_hash,
+        }
+        line = orjson.dumps(event) + b"\n"
+        self.prev_hash = hashlib.sha256(line).hexdigest()
+        self.recorder.append(line)
+        return event_id
+
+
+def new_session_id() -> str:
+    # Time-ordered prefix so listings sort by start time; random suffix for uniqueness.
+    return f"{int(time.time() * 1000):013x}{uuid.uuid4().hex[:12]}"

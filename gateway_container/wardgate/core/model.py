@@ -1,0 +1,66 @@
+"""Protocol-neutral values that flow through the decision core.
+
+A protocol adapter turns bytes into these; the core never sees a wire format.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as proven by a verified token."""
+
+    issuer: str
+    subject: str
+    groups: tuple[str, ...] = ()
+    # The claims that matter for policy and audit (CI context such as ``repository``, ``ref``).
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    token_id: str | None = None
+    expires_at: float | None = None
+
+    def audit_view(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "groups": list(self.groups),
+            "claims": dict(self.claims),
+            "token_id": self.token_id,
+        }
+
+
+class Verdict(str, enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REVIEW = "review"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    rule: str
+    message: str = ""
+    # NIST SP 800-53 controls the decision enforces, carried into the audit record.
+    controls: tuple[str, ...] = ("AC-3",)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One thing a client asked a resource to do: an SQL statement, an HTTP request, a git push…
+
+    ``text`` is what the client sent, ``fingerprint`` groups texts that differ only in literals, and
+    ``kind`` is the protocol's own name for the request (``query``, ``parse``…).
+    """
+
+    protocol: str
+    kind: str
+    text: str
+    # How ``text`` is analysed: "sql" (PostgreSQL grammar), or "opaque" for requests with no statement
+    # text to parse (a fast-path function call), which the policy sees as they are.
+    language: str = "sql"
+    fingerprint: str | None = None
+    # For prepared statements: the name the client gave it ("" for the unnamed statement).
+    statement_name: str | None = None

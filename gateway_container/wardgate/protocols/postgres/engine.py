@@ -1,0 +1,666 @@
+"""PostgreSQL protocol adapter: client start-up, token authentication, backend hand-off, relay.
+
+The relay splits both byte streams into protocol messages but forwards received buffers whole unless
+a message must change (a refused statement, the gateway's own cancel key). Every statement (``Q``,
+``P``, fast-path ``F``) becomes a :class:`~wardgate.core.model.Command` for the decision core, and a
+queue of expected responses ties each result (``CommandComplete``, ``ErrorResponse``…) back to the
+command it answers, so every result is recorded against its decision.
+
+A refused statement is not simply dropped: the gateway sends the backend a statement that fails to
+parse in its place and rewrites that error into the refusal. The backend thus sees the same error a
+real refusal implies (an open transaction is aborted, pipelined messages are skipped until Sync) and
+responses keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from wardgate.config import is_loopback
+from wardgate.core.audit import AuditUnavailable
+from wardgate.core.credentials import CredentialBroker, CredentialError
+from wardgate.core.identity import AuthenticationError
+from wardgate.core.model import Command, Decision, Verdict
+from wardgate.core.session import DecisionCore, Session
+from wardgate.protocols.postgres import wire
+from wardgate.protocols.postgres.backend import (
+    BackendError, BackendHello, BackendLink, BackendTarget, connect_backend, send_cancel,
+)
+from wardgate.protocols.postgres.startup import StartupRefused, filter_startup
+
+log = logging.getLogger("wardgate.postgres")
+
+PROTOCOL = "postgres"
+STARTUP_TIMEOUT = 60.0  # PostgreSQL's authentication_timeout default
+MAX_TOKEN_MESSAGE = 64 * 1024
+# Sent to the backend in place of a refused statement: it cannot parse, so it can never run.
+REFUSED_STATEMENT = "WARDGATE REFUSED"
+
+_Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = b"QPBDECSFHX"
+_COPY_DATA, _COPY_DONE, _COPY_FAIL = b"dcf"
+_PASSTHROUGH_FROM_CLIENT = frozenset({_H, _COPY_DATA, _COPY_DONE, _COPY_FAIL})
+_EXTENDED = frozenset({_P, _B, _D, _E, _C})
+
+
+@dataclass(frozen=True, slots=True)
+class PgResource:
+    name: str
+    target: BackendTarget
+    broker: CredentialBroker
+
+
+@dataclass(slots=True)
+class CancelKey:
+    secret: bytes
+    host: str
+    port: int
+    backend_pid: int
+    backend_secret: bytes
+
+
+class CancelRegistry:
+    """The gateway hands each client its own cancel key and maps it to the backend's."""
+
+    def __init__(self) -> None:
+        self._keys: dict[int, CancelKey] = {}
+
+    def issue(self, host: str, port: int, backend_pid: int, backend_secret: bytes) -> tuple[int, bytes]:
+        while True:
+            pid = secrets.randbelow(2**31 - 1) + 1
+            if pid not in self._keys:
+                break
+        secret = secrets.token_bytes(4)
+        self._keys[pid] = CancelKey(secret, host, port, backend_pid, backend_secret)
+        return pid, secret
+
+    def find(self, pid: int, secret: bytes) -> CancelKey | None:
+        key = self._keys.get(pid)
+        if key is None or not hmac.compare_digest(key.secret, secret):
+            return None
+        return key
+
+    def release(self, pid: int) -> None:
+        self._keys.pop(pid, None)
+
+
+class PostgresFrontend:
+    """One listener's shared state; builds a :class:`ClientConnection` per accepted socket."""
+
+    def __init__(self, core: DecisionCore, resources: dict[str, PgResource], *,
+                 ssl_context: ssl.SSLContext | None, allow_plaintext_token_on_loopback: bool,
+                 cancel_registry: CancelRegistry | None = None):
+        self.core = core
+        self.resources = resources
+        self.ssl_context = ssl_context
+        self.allow_plaintext_token_on_loopback = allow_plaintext_token_on_loopback
+        self.cancels = cancel_registry or CancelRegistry()
+        self.connections: set[ClientConnection] = set()
+
+    def __call__(self) -> "ClientConnection":
+        return ClientConnection(self)
+
+    def close_all(self) -> None:
+        for connection in list(self.connections):
+            connection.fatal("57P01", "wardgate is shutting down")
+
+
+class _Pending:
+    """A response the backend still owes the client, in order."""
+
+    __slots__ = ("kind", "event", "started", "refusal")
+
+    def __init__(self, kind: int, event: str | None, started: float, refusal: Decision | None = None):
+        self.kind = kind
+        self.event = event
+        self.started = started
+        self.refusal = refusal
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, frontend: PostgresFrontend):
+        self.frontend = frontend
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.tls = False
+        self.session: Session | None = None
+        self.backend: BackendLink | None = None
+        self._startup_buffer = bytearray()
+        self._waiter: asyncio.Future | None = None
+        self._startup_task: asyncio.Task | None = None
+        self._relaying = False
+        self._closed = False
+        self._cancel_pid: int | None = None
+        self._closing_by_client = False  # the client sent Terminate: the backend's close is expected
+        # relay state
+        self._client_tail = b""
+        self._client_skip = 0
+        self._backend_tail = b""
+        self._backend_skip = 0
+        self._pending: deque[_Pending] = deque()
+        self._discard_until_sync = False
+        self._statements: dict[str, str] = {}  # prepared statement name → decision event id
+        self._portals: dict[str, str | None] = {}  # portal → decision event id of its statement
+        self._read_holds: set[str] = set()
+        self._backend_read_holds: set[str] = set()
+
+    # --- asyncio.Protocol -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.frontend.connections.add(self)
+        self._startup_task = self.loop.create_task(self._startup())
+
+    def data_received(self, data: bytes) -> None:
+        if self._relaying:
+            self._from_client(data)
+        else:
+            self._startup_buffer += data
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.frontend.connections.discard(self)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._startup_task is not None and not self._startup_task.done():
+            self._startup_task.cancel()
+        if self._cancel_pid is not None:
+            self.frontend.cancels.release(self._cancel_pid)
+        if self.backend is not None and self.backend.transport is not None:
+            self.backend.on_lost = None
+            if not self.backend.transport.is_closing():
+                self.backend.transport.write(wire.TERMINATE)
+            self.backend.transport.close()
+        if self.session is not None:
+            self.session.end("client disconnected" if exc is None else f"client connection lost: {exc}")
+
+    def pause_writing(self) -> None:
+        self._hold_backend_reads("client-buffer-full")
+
+    def resume_writing(self) -> None:
+        self._release_backend_reads("client-buffer-full")
+
+    # --- start-up ---------------------------------------------------------------------------------
+    async def _read(self, count: int) -> bytes:
+        while len(self._startup_buffer) < count:
+            if self._closed:
+                raise ConnectionResetError("client went away")
+            self._waiter = self.loop.create_future()
+            await self._waiter
+        data = bytes(self._startup_buffer[:count])
+        del self._startup_buffer[:count]
+        return data
+
+    async def _startup(self) -> None:
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                startup = await self._negotiate()
+                if startup is None:
+                    return
+                await self._accept(startup)
+        except wire.ProtocolViolation as exc:
+            self._refuse_startup(exc.sqlstate, f"wardgate: {exc}")
+        except StartupRefused as exc:
+            self._refuse_startup(exc.sqlstate, f"wardgate: {exc}")
+        except TimeoutError:
+            self._refuse_startup("08006", "wardgate: start-up did not complete in time")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self._close()
+        except Exception:  # never leak a stack trace to the client; log it for operators
+            log.exception("unexpected error during start-up from %s", self.peer)
+            self._refuse_startup("XX000", "wardgate: internal error during start-up")
+
+    async def _negotiate(self) -> wire.StartupMessage | None:
+        """SSLRequest / GSSENCRequest / CancelRequest handling, until a StartupMessage arrives."""
+        while True:
+            header = await self._read(4)
+            length = wire.startup_packet_length(header)
+            packet = wire.parse_startup_packet(header + await self._read(length - 4))
+            if isinstance(packet, wire.SSLRequest):
+                if self.tls:
+                    raise wire.ProtocolViolation("SSLRequest received twice")
+                if self._startup_buffer:
+                    # Bytes sent before the TLS handshake would be read as if they came over TLS
+                    # (CVE-2021-23214): refuse.
+                    raise wire.ProtocolViolation("unencrypted data received after SSLRequest")
+                if self.frontend.ssl_context is None:
+                    self.transport.write(b"N")
+                    continue
+                self.transport.write(b"S")
+                self.transport = await self.loop.start_tls(self.transport, self, self.frontend.ssl_context,
+                                                           server_side=True)
+                self.tls = True
+            elif isinstance(packet, wire.GSSENCRequest):
+                self.transport.write(b"N")
+            elif isinstance(packet, wire.CancelRequest):
+                await self._forward_cancel(packet)
+                self._close()
+                return None
+            else:
+                return packet
+
+    async def _forward_cancel(self, request: wire.CancelRequest) -> None:
+        key = self.frontend.cancels.find(request.process_id, request.secret_key)
+        if key is None:
+            return  # PostgreSQL also answers nothing to an unknown key
+        try:
+            await send_cancel(key.host, key.port, key.backend_pid, key.backend_secret)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel forwarding to %s:%s failed: %s", key.host, key.port, exc)
+
+    async def _accept(self, startup: wire.StartupMessage) -> None:
+        params = startup.parameters
+        database = params.get("database")
+        if not database:
+            raise StartupRefused("no database in the start-up packet: name the wardgate resource as "
+                                 "the database (e.g. psql -d orders-prod)", "3D000")
+        resource = self.frontend.resources.get(database)
+        if resource is None:
+            raise StartupRefused(f"resource {database!r} is not configured on this gateway", "3D000")
+        forwarded, agent, unrecognized = filter_startup(params)
+        if startup.minor > 0 or unrecognized:
+            self.transport.write(wire.negotiate_protocol_version(0, unrecognized))
+
+        self.session = self.frontend.core.open_session(
+            protocol=PROTOCOL, resource=database, peer=self.peer, tls=self.tls,
+            client={"claimed_user": params.get("user"), "application_name": params.get("application_name"),
+                    "agent": agent or None},
+        )
+        if not self.tls and not (self.frontend.allow_plaintext_token_on_loopback
+                                 and is_loopback(self.peer.rpartition(":")[0].strip("[]"))):
+            self.session.note("session.refused", reason="tls_required", controls=["SC-8", "IA-2"])
+            raise StartupRefused("TLS is required to send a token: connect with sslmode=require "
+                                 "(or verify-full with the gateway's CA)", "28000")
+
+        # The token travels as the password; PostgreSQL clients send it in a PasswordMessage.
+        self.transport.write(wire.auth_request(wire.AUTH_CLEARTEXT))
+        header = await self._read(5)
+        length = int.from_bytes(header[1:5], "big")
+        if header[:1] != b"p":
+            raise wire.ProtocolViolation(f"expected a password message, got {header[:1]!r}")
+        if length < 5 or length > MAX_TOKEN_MESSAGE:
+            raise wire.ProtocolViolation(f"password message length {length} is out of range", "28000")
+        token = (await self._read(length - 4)).rstrip(b"\x00").decode("utf-8", "replace").strip()
+        if not token:
+            raise StartupRefused("no token: send your OIDC token as the password (PGPASSWORD)", "28000")
+        try:
+            await self.session.authenticate(token)
+        except AuthenticationError as exc:
+            self._commit_or_fail()
+            raise StartupRefused(f"authentication failed: {exc}", "28000") from None
+
+        try:
+            credential = await resource.broker.get()
+            link, hello = await connect_backend(resource.target, credential.username, credential.password,
+                                                forwarded)
+        except CredentialError as exc:
+            self.session.note("session.backend_failed", reason=str(exc))
+            raise StartupRefused(f"cannot obtain credentials for resource {database!r}: {exc}", "08001") from None
+        except BackendError as exc:
+            if exc.credentials_refused:
+                resource.broker.invalidate()  # probably rotated: fetch afresh next time
+            self.session.note("session.backend_failed", reason=str(exc))
+            raise StartupRefused(f"cannot connect to resource {database!r}: {exc}", "08001") from None
+        if self._closed:
+            link.transport.close()
+            return
+        self._start_relay(resource, link, hello)
+
+    def _start_relay(self, resource: PgResource, link: BackendLink, hello: BackendHello) -> None:
+        self.backend = link
+        self._cancel_pid, secret = self.frontend.cancels.issue(
+            resource.target.host, resource.target.port, hello.process_id, hello.secret_key)
+        self.session.note("session.connected", backend_pid=hello.process_id)
+        self._commit_or_fail()
+        greeting = [wire.auth_request(wire.AUTH_OK), *hello.parameter_status, *hello.notices,
+                    wire.backend_key_data(self._cancel_pid, secret), wire.ready_for_query(hello.ready_status)]
+        self.transport.write(b"".join(greeting))
+        link.on_data = self._from_backend
+        link.on_lost = self._backend_lost
+        link.on_pause_writing = lambda: self._hold_client_reads("backend-buffer-full")
+        link.on_resume_writing = lambda: self._release_client_reads("backend-buffer-full")
+        self._relaying = True
+        leftover_client = bytes(self._startup_buffer)
+        self._startup_buffer.clear()
+        leftover_backend = link.take_buffered()
+        if leftover_backend:
+            self._from_backend(leftover_backend)
+        if leftover_client:
+            self._from_client(leftover_client)
+
+    def _commit_or_fail(self) -> None:
+        """Start-up events must be written too; without the sink, refuse the session."""
+        future = self.session.commit()
+        if future is not None:
+            # `always` mode at start-up: the session cannot act before its next commit, which waits
+            # for this one, so no need to block the hand-shake here.
+            future.add_done_callback(_consume_exception)
+
+    def _refuse_startup(self, sqlstate: str, text: str) -> None:
+        if self._closed:
+            return
+        self.transport.write(wire.error_response(sqlstate, text, severity="FATAL"))
+        if self.session is not None:
+            try:
+                self.session.commit()
+            except AuditUnavailable:
+                pass
+        self._close()
+
+    # --- relay: client → backend ----------------------------------------------------------------
+    def _from_client(self, data: bytes) -> None:
+        if self._client_tail:
+            data = self._client_tail + data
+            self._client_tail = b""
+        size = len(data)
+        pos = 0
+        if self._client_skip:
+            pos = min(self._client_skip, size)
+            self._client_skip -= pos
+        pieces: list[bytes] | None = None
+        flushed = 0
+        try:
+            while size - pos >= 5:
+                kind = data[pos]
+                length = int.from_bytes(data[pos + 1:pos + 5], "big")
+                if length < 4 or length > wire.MAX_MESSAGE:
+                    raise wire.ProtocolViolation(f"invalid message length {length} for message {chr(kind)!r}")
+                end = pos + 1 + length
+                if end > size:
+                    if kind == _COPY_DATA:
+                        # Stream large COPY data through instead of buffering whole messages.
+                        self._client_skip = end - size
+                        pos = size
+                    break
+                if kind in _PASSTHROUGH_FROM_CLIENT:
+                    pass
+                else:
+                    replacement = self._client_message(kind, data, pos + 5, end)
+                    if replacement is not None:
+                        if pieces is None:
+                            pieces = []
+                        pieces.append(data[flushed:pos])
+                        pieces.append(replacement)
+                        flushed = end
+                pos = end
+        except wire.ProtocolViolation as exc:
+            self.fatal(exc.sqlstate, f"wardgate: protocol violation: {exc}")
+            return
+        if pos < size:
+            self._client_tail = data[pos:]
+        if pieces is None:
+            outgoing = data[:pos] if pos < size else data
+        else:
+            pieces.append(data[flushed:pos])
+            outgoing = b"".join(pieces)
+        if not outgoing:
+            return
+        try:
+            durable = self.session.commit()
+        except AuditUnavailable as exc:
+            # Nothing may run unrecorded: the statements in this chunk never reach the backend.
+            self.fatal("58030", f"wardgate: {exc}; the session is closed and no statement was run")
+            return
+        if durable is None:
+            self.backend.transport.write(outgoing)
+        else:
+            self._hold_client_reads("audit-fsync")
+            durable.add_done_callback(lambda f: self._after_durable(f, self.backend, outgoing, "audit-fsync",
+                                                                   self._release_client_reads))
+
+    def _client_message(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
+        """Handle one complete client message; return replacement bytes, or None to forward it."""
+        now = time.perf_counter()
+        pending = self._pending
+        if kind == _Q:
+            text = data[start:end - 1].decode("utf-8", "replace")
+            decision, event = self.session.decide(Command(PROTOCOL, "query", text))
+            if decision.verdict is Verdict.ALLOW:
+                pending.append(_Pending(_Q, event, now))
+                return None
+            pending.append(_Pending(_Q, event, now, decision))
+            return wire.query(REFUSED_STATEMENT)
+        if kind == _S:
+            self._discard_until_sync = False
+            pending.append(_Pending(_S, None, now))
+            return None
+        if kind == _X:
+            self._closing_by_client = True
+            return None
+        if kind == _F:
+            oid = int.from_bytes(data[start:start + 4], "big")
+            decision, event = self.session.decide(
+                Command(PROTOCOL, "function_call", f"fast-path function call oid={oid}", language="opaque"))
+            if decision.verdict is Verdict.ALLOW:
+                pending.append(_Pending(_Q, event, now))  # answered like a query: result/error, then Z
+                return None
+            pending.append(_Pending(_Q, event, now, decision))
+            return wire.query(REFUSED_STATEMENT)
+        if kind not in _EXTENDED:
+            raise wire.ProtocolViolation(f"unknown message type {chr(kind)!r}")
+        payload = data[start:end]
+        if kind == _P:
+            name, text = wire.parse_parse(payload)
+            decision, event = self.session.decide(Command(PROTOCOL, "parse", text, statement_name=name))
+            self._statements[name] = event
+            refusal = None if decision.verdict is Verdict.ALLOW else decision
+            if not self._discard_until_sync:
+                pending.append(_Pending(_P, event, now, refusal))
+            if refusal is None:
+                return None
+            # Same statement name, text that cannot parse: the backend answers with an error and
+            # skips to Sync, exactly as for a real failure.
+            return wire.message(b"P", wire.cstr(name) + wire.cstr(REFUSED_STATEMENT) + b"\x00\x00")
+        if kind == _B:
+            portal, statement = wire.parse_bind_names(payload)
+            event = self._statements.get(statement)
+            self._portals[portal] = event
+        elif kind == _E:
+            portal, _ = wire.read_cstr(payload, 0)
+            event = self._portals.get(portal)
+        elif kind == _C:
+            target, name = payload[:1], wire.read_cstr(payload, 1)[0]
+            (self._statements if target == b"S" else self._portals).pop(name, None)
+            event = None
+        else:  # Describe
+            event = None
+        if not self._discard_until_sync:
+            pending.append(_Pending(kind, event, now))
+        return None
+
+    # --- relay: backend → client ----------------------------------------------------------------
+    def _from_backend(self, data: bytes) -> None:
+        if self._backend_tail:
+            data = self._backend_tail + data
+            self._backend_tail = b""
+        size = len(data)
+        pos = 0
+        if self._backend_skip:
+            pos = min(self._backend_skip, size)
+            self._backend_skip -= pos
+        pieces: list[bytes] | None = None
+        flushed = 0
+        while size - pos >= 5:
+            kind = data[pos]
+            length = int.from_bytes(data[pos + 1:pos + 5], "big")
+            end = pos + 1 + length
+            if end > size:
+                if kind == 68 or kind == 100:  # DataRow / CopyData: stream through
+                    self._backend_skip = end - size
+                    pos = size
+                break
+            if kind != 68:  # DataRow needs nothing: the row count comes with CommandComplete
+                replacement = self._backend_message(kind, data, pos + 5, end)
+                if replacement is not None:
+                    if pieces is None:
+                        pieces = []
+                    pieces.append(data[flushed:pos])
+                    pieces.append(replacement)
+                    flushed = end
+            pos = end
+        if pos < size:
+            self._backend_tail = data[pos:]
+        if pieces is None:
+            outgoing = data[:pos] if pos < size else data
+        else:
+            pieces.append(data[flushed:pos])
+            outgoing = b"".join(pieces)
+        if not outgoing:
+            return
+        try:
+            durable = self.session.commit()
+        except AuditUnavailable as exc:
+            self.fatal("58030", f"wardgate: {exc}; the result is withheld and the session is closed")
+            return
+        if durable is None:
+            self.transport.write(outgoing)
+        else:
+            self._hold_backend_reads("audit-fsync")
+            durable.add_done_callback(lambda f: self._after_durable(f, self, outgoing, "audit-fsync",
+                                                                   self._release_backend_reads))
+
+    def _backend_message(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
+        pending = self._pending
+        head = pending[0] if pending else None
+        if kind == 67:  # CommandComplete
+            if head is not None and (head.kind == _Q or head.kind == _E):
+                tag = data[start:end - 1].decode("ascii", "replace")
+                self.session.result(head.event, status="ok", rows=wire.command_tag_rows(tag), tag=tag,
+                                    seconds=time.perf_counter() - head.started)
+                if head.kind == _E:
+                    pending.popleft()
+            return None
+        if kind == 90:  # ReadyForQuery
+            if head is not None and (head.kind == _S or head.kind == _Q):
+                pending.popleft()
+            return None
+        if kind == 69:  # ErrorResponse
+            return self._backend_error(head, data[start:end])
+        if kind == 49 or kind == 50 or kind == 51:  # ParseComplete, BindComplete, CloseComplete
+            if head is not None and head.kind in _EXTENDED:
+                pending.popleft()
+            return None
+        if kind == 110 or kind == 84:  # NoData, RowDescription: end a Describe
+            if head is not None and head.kind == _D:
+                pending.popleft()
+            return None
+        if kind == 115 or kind == 73:  # PortalSuspended, EmptyQueryResponse
+            if head is not None and head.kind == _E:
+                pending.popleft()
+                self.session.result(head.event, status="suspended" if kind == 115 else "empty",
+                                    seconds=time.perf_counter() - head.started)
+            return None
+        return None
+
+    def _backend_error(self, head: _Pending | None, payload: bytes) -> bytes | None:
+        pending = self._pending
+        if head is None:
+            return None  # e.g. an administrator terminated the backend: pass it on as it is
+        replacement = None
+        if head.refusal is not None:
+            self.session.result(head.event, status="refused", error={"code": "42501", "message": head.refusal.message},
+                                seconds=time.perf_counter() - head.started)
+            replacement = wire.error_response("42501", _refusal_text(head.refusal),
+                                              detail=f"rule: {head.refusal.rule}",
+                                              hint=f"wardgate session {self.session.id}")
+        else:
+            fields = wire.parse_error_fields(payload)
+            self.session.result(head.event, status="error",
+                                error={"code": fields.get("C", ""), "message": fields.get("M", "")},
+                                seconds=time.perf_counter() - head.started)
+        if head.kind in _EXTENDED:
+            # The backend now skips everything up to Sync: so do our expectations.
+            while pending and pending[0].kind != _S:
+                skipped = pending.popleft()
+                if skipped is not head and skipped.kind == _E and skipped.event is not None:
+                    self.session.result(skipped.event, status="skipped")
+            if not pending:
+                self._discard_until_sync = True
+        return replacement
+
+    # --- flow control, holds, shutdown ----------------------------------------------------------
+    def _after_durable(self, future: asyncio.Future, target: asyncio.Protocol, outgoing: bytes, reason: str,
+                       release: Callable[[str], None]) -> None:
+        if future.cancelled() or self._closed:
+            return
+        if future.exception() is not None:
+            self.fatal("58030", f"wardgate: {future.exception()}; the session is closed")
+            return
+        target.transport.write(outgoing)
+        release(reason)
+
+    def _hold_client_reads(self, reason: str) -> None:
+        if not self._read_holds and self.transport is not None:
+            self.transport.pause_reading()
+        self._read_holds.add(reason)
+
+    def _release_client_reads(self, reason: str) -> None:
+        self._read_holds.discard(reason)
+        if not self._read_holds and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def _hold_backend_reads(self, reason: str) -> None:
+        if self.backend is None or self.backend.transport is None:
+            return
+        if not self._backend_read_holds:
+            self.backend.transport.pause_reading()
+        self._backend_read_holds.add(reason)
+
+    def _release_backend_reads(self, reason: str) -> None:
+        if self.backend is None or self.backend.transport is None:
+            return
+        self._backend_read_holds.discard(reason)
+        if not self._backend_read_holds and not self.backend.transport.is_closing():
+            self.backend.transport.resume_reading()
+
+    def _backend_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        if self._closing_by_client:
+            self._close()
+            return
+        if self.session is not None:
+            self.session.note("session.backend_lost", error=str(exc) if exc else None)
+        self.fatal("08006", "wardgate: the backend closed the connection")
+
+    def fatal(self, sqlstate: str, text: str) -> None:
+        """Tell the client why, in its own protocol, and close both sides."""
+        if self._closed:
+            return
+        if self.session is not None:
+            self.session.note("session.aborted", code=sqlstate, message=text)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(wire.error_response(sqlstate, text, severity="FATAL"))
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _refusal_text(decision: Decision) -> str:
+    return f"wardgate: {decision.message or 'statement refused by policy'}"
+
+
+def _consume_exception(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def serve_postgres(frontend: PostgresFrontend, host: str, port: int) -> asyncio.base_events.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(frontend, host, port, reuse_address=True)

@@ -1,0 +1,180 @@
+"""Assembles a running gateway from its configuration: control port, decision core, listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from wardgate.config import GatewayConfig, IssuerConfig, ResourceConfig, parse_address
+from wardgate.core.audit import Recorder, open_sink
+from wardgate.core.credentials import CredentialBroker, open_source
+from wardgate.core.devissuer import DevIssuer, dev_issuer_url
+from wardgate.core.identity import TokenVerifier
+from wardgate.core.policy import AllowAll
+from wardgate.core.session import DecisionCore
+from wardgate.metrics import GatewayMetrics
+from wardgate.protocols.postgres.backend import BackendTarget
+from wardgate.protocols.postgres.engine import CancelRegistry, PgResource, PostgresFrontend, serve_postgres
+from wardgate.tlsdev import ensure_dev_certificate, server_ssl_context
+
+log = logging.getLogger("wardgate")
+
+
+def backend_ssl_context(resource: ResourceConfig) -> ssl.SSLContext | None:
+    mode = resource.tls.mode
+    if mode == "disable":
+        return None
+    if mode == "require":
+        # libpq's "require": encrypted, server identity not checked.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    context = ssl.create_default_context(cafile=str(resource.tls.ca_file))
+    context.check_hostname = mode == "verify-full"
+    return context
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, config_dir: Path | None = None):
+        self.config = config
+        self.config_dir = config_dir or Path.cwd()
+        self.gateway_id = uuid.uuid4().hex[:12]
+        self.metrics = GatewayMetrics()
+        self.dev_issuer: DevIssuer | None = None
+        self.recorder: Recorder | None = None
+        self.core: DecisionCore | None = None
+        self.control_address: tuple[str, int] | None = None
+        self.listener_addresses: list[tuple[str, int]] = []
+        self.dev_ca_file: Path | None = None
+        self._runner: web.AppRunner | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._frontends: list[PostgresFrontend] = []
+        self._ready = False
+
+    async def start(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        # The control port comes first: the dev issuer's JWKS must be reachable before any token
+        # is verified, and its URL contains the bound port.
+        await self._start_control()
+        issuers: list[IssuerConfig] = list(config.issuers)
+        if config.dev_issuer.enabled:
+            host, port = self.control_address
+            url = dev_issuer_url(f"{host}:{port}")
+            self.dev_issuer = DevIssuer(config.state_dir, url, config.dev_issuer.audience,
+                                        config.dev_issuer.max_token_lifetime)
+            issuers.append(IssuerConfig(issuer=url, audience=config.dev_issuer.audience, algorithms=["ES256"],
+                                        max_token_lifetime=config.dev_issuer.max_token_lifetime))
+        if config.audit.enabled:
+            spool = open_sink(config.audit.sink, self.config_dir, self.gateway_id)
+        else:
+            log.warning("AUDIT RECORDING IS OFF: no session of this gateway is recorded (benchmarks only)")
+            spool = None
+        self.recorder = Recorder(spool, fsync=config.audit.fsync, fsync_interval=config.audit.fsync_interval)
+        self.recorder.start(asyncio.get_running_loop())
+        self.core = DecisionCore(verifier=TokenVerifier(issuers), policy=AllowAll(), recorder=self.recorder,
+                                 gateway_id=self.gateway_id, observer=self.metrics)
+        resources = {name: self._pg_resource(name, r) for name, r in config.resources.items()
+                     if r.protocol == "postgres"}
+        cancels = CancelRegistry()
+        for listener in config.listeners:
+            if listener.tls is not None:
+                context = server_ssl_context(listener.tls.cert_file, listener.tls.key_file)
+            else:
+                dev = ensure_dev_certificate(config.state_dir)
+                self.dev_ca_file = dev.ca_file
+                context = server_ssl_context(dev.cert_file, dev.key_file)
+            frontend = PostgresFrontend(self.core, resources, ssl_context=context,
+                                        allow_plaintext_token_on_loopback=listener.allow_plaintext_token_on_loopback,
+                                        cancel_registry=cancels)
+            host, port = parse_address(listener.address)
+            server = await serve_postgres(frontend, host, port)
+            self._servers.append(server)
+            self._frontends.append(frontend)
+            bound = server.sockets[0].getsockname()
+            self.listener_addresses.append((bound[0], bound[1]))
+            log.info("postgres listener on %s:%s", bound[0], bound[1])
+        self._ready = True
+
+    def _pg_resource(self, name: str, resource: ResourceConfig) -> PgResource:
+        source = open_source(resource.password, resource.username) if resource.password else None
+        target = BackendTarget(resource.host, resource.port, resource.database, resource.tls.mode,
+                               backend_ssl_context(resource), resource.connect_timeout)
+        return PgResource(name, target, CredentialBroker(source, resource.username))
+
+    async def _start_control(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/dev-issuer/.well-known/openid-configuration", self._dev_discovery)
+        app.router.add_get("/dev-issuer/jwks", self._dev_jwks)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = parse_address(self.config.control.address)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()
+        self.control_address = (bound[0], bound[1])
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if not self._ready:
+            return web.Response(status=503, text="starting\n")
+        if self.recorder.last_error is not None:
+            return web.Response(status=503, text=f"audit sink unavailable: {self.recorder.last_error}\n")
+        return web.Response(text="ready\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.recorder is not None:
+            self.metrics.audit_events.set(self.recorder.events_written)
+            self.metrics.audit_up.set(0 if self.recorder.last_error else 1)
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def _dev_discovery(self, request: web.Request) -> web.Response:
+        if self.dev_issuer is None:
+            raise web.HTTPNotFound(text="the dev issuer is not enabled\n")
+        return web.json_response(self.dev_issuer.discovery())
+
+    async def _dev_jwks(self, request: web.Request) -> web.Response:
+        if self.dev_issuer is None:
+            raise web.HTTPNotFound(text="the dev issuer is not enabled\n")
+        return web.json_response(self.dev_issuer.jwks())
+
+    async def stop(self) -> None:
+        self._ready = False
+        for server in self._servers:
+            server.close()
+        for frontend in self._frontends:
+            frontend.close_all()
+        for server in self._servers:
+            await server.wait_closed()
+        await asyncio.sleep(0)  # let connection_lost callbacks record session ends
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=None) -> None:
+    gateway = Gateway(config, config_dir=config_dir)
+    await gateway.start()
+    if on_started is not None:
+        on_started(gateway)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()

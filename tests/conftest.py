@@ -1,0 +1,28 @@
+"""Shared fixtures for the whole test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from wardgate.devtools.pgserver import ThrowawayPostgres
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[ThrowawayPostgres]:
+    """One throwaway PostgreSQL cluster for the whole test session.
+
+    It has the role ``wardgate_svc`` (``.service_password``, SCRAM) owning the
+    database ``orders``, a superuser (``.superuser``/``.superuser_password``),
+    logs every statement to ``.log_path`` (read with ``log_text(since=…)``,
+    take the offset first with ``log_size()``), and ``add_role(name, password,
+    method)`` for other auth methods. Tests share it: use unique role and
+    table names.
+    """
+    pg = ThrowawayPostgres()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
