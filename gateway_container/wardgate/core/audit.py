@@ -38,8 +38,17 @@ class AuditUnavailable(Exception):
     """The audit sink cannot be written: callers must refuse the command (fail closed)."""
 
 
+_second_cache: list = [-1, ""]
+
+
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC time with microseconds; the date part is formatted once per second."""
+    now = time.time()
+    second = int(now)
+    cache = _second_cache
+    if cache[0] != second:
+        cache[0], cache[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{cache[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
 class FileSpool:
@@ -228,41 +237,38 @@ def _resolve_all(futures: list[asyncio.Future], error: str | None) -> None:
 
 class SessionLog:
     """The events of one session: a SHA-256 hash chain (``prev_hash`` of each event is the hash of
-    the previous event's line), so a removed, altered or reordered event breaks the chain."""
+    the previous event's line, newline included), so a removed, altered or reordered event breaks
+    the chain. The first event's ``prev_hash`` is 64 zeros."""
 
-    __slots__ = ("recorder", "session_id", "seq", "prev_hash", "_common", "identity")
+    __slots__ = ("recorder", "session_id", "seq", "prev_hash", "_common", "_fixed", "identity")
 
     def __init__(self, recorder: Recorder, session_id: str, common: dict[str, Any]):
         self.recorder = recorder
         self.session_id = session_id
         self.seq = 0
-        self.prev_hash = GENESIS_HASH
-        self._common = common
+        self.prev_hash = GENESIS_HASH.encode()
+        self._common = {"v": EVENT_FORMAT_VERSION, "session": session_id, **common}
         self.identity: dict[str, Any] | None = None
+        self._fixed = self._serialize_fixed()
+
+    def _serialize_fixed(self) -> bytes:
+        # The fields every event of the session repeats are serialized once; each event only
+        # serializes what is its own (this is on the per-statement path).
+        return b"," + orjson.dumps({**self._common, "identity": self.identity})[1:-1]
 
     def set_identity(self, principal: Principal) -> None:
         self.identity = {"issuer": principal.issuer, "subject": principal.subject}
+        self._fixed = self._serialize_fixed()
 
-    def emit(self, event_type: str, **fields: Any) -> str:
+    def emit(self, event_type: str, fields: dict[str, Any]) -> str:
         """Append one event; return its id."""
         if self.recorder.spool is None:
             return ""
-        self.seq += 1
-        event_id = f"{self.session_id}-{self.seq:06d}"
-        event = {
-            "v": EVENT_FORMAT_VERSION,
-            "id": event_id,
-            "time": utc_now_iso(),
-            "type": event_type,
-            "session": self.session_id,
-            "seq": self.seq,
-            **self._common,
-            "identity": self.identity,
-            **fields,
-            "prev_hash": self.prev_hash,
-        }
-        line = orjson.dumps(event) + b"\n"
-        self.prev_hash = hashlib.sha256(line).hexdigest()
+        self.seq = seq = self.seq + 1
+        event_id = f"{self.session_id}-{seq:06d}"
+        own = orjson.dumps({"id": event_id, "time": utc_now_iso(), "type": event_type, "seq": seq, **fields})
+        line = b"".join((own[:-1], self._fixed, b',"prev_hash":"', self.prev_hash, b'"}\n'))
+        self.prev_hash = hashlib.sha256(line).hexdigest().encode()
         self.recorder.append(line)
         return event_id
 

@@ -37,6 +37,7 @@ class NullObserver:
 
 _UNPARSEABLE_CONTROLS = ("AC-3", "SI-10")
 _AUDIT_DOWN_CONTROLS = ("AU-5", "AC-3")
+_RESULT_CONTROLS = ("AU-3", "AU-12")
 
 
 class DecisionCore:
@@ -70,8 +71,8 @@ class Session:
             "gateway": core.gateway_id, "protocol": protocol, "resource": resource,
         })
         self._ended = False
-        self.log.emit("session.started", peer=peer, tls=tls, client=client,
-                      controls=["AU-2", "AU-3", "AU-12"])
+        self.log.emit("session.started", {"peer": peer, "tls": tls, "client": client,
+                                           "controls": ["AU-2", "AU-3", "AU-12"]})
         core.observer.session_opened(protocol, resource)
 
     def commit(self) -> asyncio.Future | None:
@@ -82,14 +83,15 @@ class Session:
         try:
             principal = await asyncio.to_thread(self.core.verifier.verify, token)
         except AuthenticationError as exc:
-            self.log.emit("session.authentication_failed", reason=exc.reason, message=str(exc),
-                          controls=["IA-2", "AC-7", "AU-2"])
+            self.log.emit("session.authentication_failed", {"reason": exc.reason, "message": str(exc),
+                                                            "controls": ["IA-2", "AC-7", "AU-2"]})
             self.core.observer.authenticated(self.protocol, False, exc.reason)
             raise
         self.principal = principal
         self.log.set_identity(principal)
-        self.log.emit("session.authenticated", principal=principal.audit_view(),
-                      expires_at=principal.expires_at, controls=["IA-2", "IA-5", "AC-2"])
+        self.log.emit("session.authenticated", {"principal": principal.audit_view(),
+                                                 "expires_at": principal.expires_at,
+                                                 "controls": ["IA-2", "IA-5", "AC-2"]})
         self.core.observer.authenticated(self.protocol, True, "ok")
         return principal
 
@@ -109,34 +111,35 @@ class Session:
             decision = self.core.policy.decide(self.principal, self.resource, command)
         if decision.verdict is not Verdict.ALLOW:
             self.denied += 1
-        event_id = self.log.emit(
-            "command.decided", kind=command.kind, statement=command.text,
-            statement_name=command.statement_name,
-            fingerprint=analysis.fingerprint if analysis is not None else None,
-            decision=decision.verdict.value, rule=decision.rule, message=decision.message or None,
-            policy=self.core.policy.bundle_hash, controls=list(decision.controls),
-        )
+        event_id = self.log.emit("command.decided", {
+            "kind": command.kind, "statement": command.text, "statement_name": command.statement_name,
+            "fingerprint": analysis.fingerprint if analysis is not None else None,
+            "decision": decision.verdict.value, "rule": decision.rule, "message": decision.message or None,
+            "policy": self.core.policy.bundle_hash, "controls": decision.controls,
+        })
         self.core.observer.decided(self.protocol, decision.verdict.value)
         return decision, event_id
 
     def result(self, command_event: str, *, status: str, rows: int | None = None, tag: str | None = None,
                error: dict[str, str] | None = None, seconds: float | None = None) -> None:
         """Record what a decided command did (``ok``, ``error``, ``suspended``, ``refused``)."""
-        self.log.emit("command.result", command=command_event, status=status, rows=rows, tag=tag,
-                      error=error, duration_ms=round(seconds * 1000, 3) if seconds is not None else None,
-                      controls=["AU-3", "AU-12"])
+        self.log.emit("command.result", {
+            "command": command_event, "status": status, "rows": rows, "tag": tag, "error": error,
+            "duration_ms": round(seconds * 1000, 3) if seconds is not None else None,
+            "controls": _RESULT_CONTROLS})
         if seconds is not None:
             self.core.observer.command_finished(self.protocol, seconds)
 
     def note(self, event_type: str, **fields: Any) -> None:
-        self.log.emit(event_type, **fields)
+        self.log.emit(event_type, fields)
 
     def end(self, reason: str) -> None:
         if self._ended:
             return
         self._ended = True
-        self.log.emit("session.ended", reason=reason, commands=self.commands, denied=self.denied,
-                      duration_s=round(time.time() - self.started_at, 3), controls=["AU-2", "AU-12"])
+        self.log.emit("session.ended", {"reason": reason, "commands": self.commands, "denied": self.denied,
+                                         "duration_s": round(time.time() - self.started_at, 3),
+                                         "controls": ["AU-2", "AU-12"]})
         try:
             self.commit()
         except AuditUnavailable:

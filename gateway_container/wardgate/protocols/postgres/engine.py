@@ -110,18 +110,15 @@ class PostgresFrontend:
     def close_all(self) -> None:
         for connection in list(self.connections):
             connection.fatal("57P01", "wardgate is shutting down")
+            # Record the end now: connection_lost comes later, after the recorder may be closed.
+            if connection.session is not None:
+                connection.session.end("gateway shutting down")
 
 
-class _Pending:
-    """A response the backend still owes the client, in order."""
-
-    __slots__ = ("kind", "event", "started", "refusal")
-
-    def __init__(self, kind: int, event: str | None, started: float, refusal: Decision | None = None):
-        self.kind = kind
-        self.event = event
-        self.started = started
-        self.refusal = refusal
+# A response the backend still owes the client, in order: (message kind it answers, decision event
+# id, time sent, refusal decision or None). Tuples: one is made per protocol message.
+_Pending = tuple
+_KIND, _EVENT, _STARTED, _REFUSAL = range(4)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -145,7 +142,7 @@ class ClientConnection(asyncio.Protocol):
         self._client_skip = 0
         self._backend_tail = b""
         self._backend_skip = 0
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[tuple] = deque()
         self._discard_until_sync = False
         self._statements: dict[str, str] = {}  # prepared statement name → decision event id
         self._portals: dict[str, str | None] = {}  # portal → decision event id of its statement
@@ -218,7 +215,12 @@ class ClientConnection(asyncio.Protocol):
             self._refuse_startup(exc.sqlstate, f"wardgate: {exc}")
         except TimeoutError:
             self._refuse_startup("08006", "wardgate: start-up did not complete in time")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError):
+            self._close()
+        except ssl.SSLError as exc:  # no ErrorResponse possible: the channel itself failed
+            log.info("TLS handshake with %s failed: %s", self.peer, exc.reason or exc)
+            if self.session is not None:
+                self.session.note("session.refused", reason="tls_handshake_failed")
             self._close()
         except Exception:  # never leak a stack trace to the client; log it for operators
             log.exception("unexpected error during start-up from %s", self.peer)
@@ -295,13 +297,12 @@ class ClientConnection(asyncio.Protocol):
         if length < 5 or length > MAX_TOKEN_MESSAGE:
             raise wire.ProtocolViolation(f"password message length {length} is out of range", "28000")
         token = (await self._read(length - 4)).rstrip(b"\x00").decode("utf-8", "replace").strip()
-        if not token:
-            raise StartupRefused("no token: send your OIDC token as the password (PGPASSWORD)", "28000")
-        try:
+        try:  # an empty token is refused (and recorded) by the verifier like any malformed one
             await self.session.authenticate(token)
         except AuthenticationError as exc:
             self._commit_or_fail()
-            raise StartupRefused(f"authentication failed: {exc}", "28000") from None
+            hint = " (send your OIDC token as the password, e.g. in PGPASSWORD)" if exc.reason == "malformed" else ""
+            raise StartupRefused(f"authentication failed: {exc}{hint}", "28000") from None
 
         try:
             credential = await resource.broker.get()
@@ -351,7 +352,8 @@ class ClientConnection(asyncio.Protocol):
             future.add_done_callback(_consume_exception)
 
     def _refuse_startup(self, sqlstate: str, text: str) -> None:
-        if self._closed:
+        if self._closed or self.transport.is_closing():
+            self._close()
             return
         self.transport.write(wire.error_response(sqlstate, text, severity="FATAL"))
         if self.session is not None:
@@ -400,6 +402,10 @@ class ClientConnection(asyncio.Protocol):
         except wire.ProtocolViolation as exc:
             self.fatal(exc.sqlstate, f"wardgate: protocol violation: {exc}")
             return
+        except Exception:  # a bug must not leak a traceback nor let the message through
+            log.exception("unexpected error relaying from client %s", self.peer)
+            self.fatal("XX000", "wardgate: internal error; the session is closed")
+            return
         if pos < size:
             self._client_tail = data[pos:]
         if pieces is None:
@@ -427,16 +433,18 @@ class ClientConnection(asyncio.Protocol):
         now = time.perf_counter()
         pending = self._pending
         if kind == _Q:
+            if end == start or data[end - 1] != 0:
+                raise wire.ProtocolViolation("query string is not NUL-terminated")
             text = data[start:end - 1].decode("utf-8", "replace")
             decision, event = self.session.decide(Command(PROTOCOL, "query", text))
             if decision.verdict is Verdict.ALLOW:
-                pending.append(_Pending(_Q, event, now))
+                pending.append((_Q, event, now, None))
                 return None
-            pending.append(_Pending(_Q, event, now, decision))
+            pending.append((_Q, event, now, decision))
             return wire.query(REFUSED_STATEMENT)
         if kind == _S:
             self._discard_until_sync = False
-            pending.append(_Pending(_S, None, now))
+            pending.append((_S, None, now, None))
             return None
         if kind == _X:
             self._closing_by_client = True
@@ -446,40 +454,42 @@ class ClientConnection(asyncio.Protocol):
             decision, event = self.session.decide(
                 Command(PROTOCOL, "function_call", f"fast-path function call oid={oid}", language="opaque"))
             if decision.verdict is Verdict.ALLOW:
-                pending.append(_Pending(_Q, event, now))  # answered like a query: result/error, then Z
+                pending.append((_Q, event, now, None))  # answered like a query: result/error, then Z
                 return None
-            pending.append(_Pending(_Q, event, now, decision))
+            pending.append((_Q, event, now, decision))
             return wire.query(REFUSED_STATEMENT)
         if kind not in _EXTENDED:
             raise wire.ProtocolViolation(f"unknown message type {chr(kind)!r}")
-        payload = data[start:end]
         if kind == _P:
-            name, text = wire.parse_parse(payload)
+            name, text = wire.parse_parse(data[start:end])
             decision, event = self.session.decide(Command(PROTOCOL, "parse", text, statement_name=name))
             self._statements[name] = event
             refusal = None if decision.verdict is Verdict.ALLOW else decision
             if not self._discard_until_sync:
-                pending.append(_Pending(_P, event, now, refusal))
+                pending.append((_P, event, now, refusal))
             if refusal is None:
                 return None
             # Same statement name, text that cannot parse: the backend answers with an error and
             # skips to Sync, exactly as for a real failure.
             return wire.message(b"P", wire.cstr(name) + wire.cstr(REFUSED_STATEMENT) + b"\x00\x00")
         if kind == _B:
-            portal, statement = wire.parse_bind_names(payload)
+            if data[start] == 0 and data[start + 1] == 0:  # unnamed portal and statement: most clients
+                portal = statement = ""
+            else:
+                portal, statement = wire.parse_bind_names(data[start:end])
             event = self._statements.get(statement)
             self._portals[portal] = event
         elif kind == _E:
-            portal, _ = wire.read_cstr(payload, 0)
+            portal = "" if data[start] == 0 else wire.read_cstr(data[start:end], 0)[0]
             event = self._portals.get(portal)
         elif kind == _C:
-            target, name = payload[:1], wire.read_cstr(payload, 1)[0]
+            target, name = data[start:start + 1], wire.read_cstr(data[start:end], 1)[0]
             (self._statements if target == b"S" else self._portals).pop(name, None)
             event = None
         else:  # Describe
             event = None
         if not self._discard_until_sync:
-            pending.append(_Pending(kind, event, now))
+            pending.append((kind, event, now, None))
         return None
 
     # --- relay: backend → client ----------------------------------------------------------------
@@ -494,24 +504,29 @@ class ClientConnection(asyncio.Protocol):
             self._backend_skip -= pos
         pieces: list[bytes] | None = None
         flushed = 0
-        while size - pos >= 5:
-            kind = data[pos]
-            length = int.from_bytes(data[pos + 1:pos + 5], "big")
-            end = pos + 1 + length
-            if end > size:
-                if kind == 68 or kind == 100:  # DataRow / CopyData: stream through
-                    self._backend_skip = end - size
-                    pos = size
-                break
-            if kind != 68:  # DataRow needs nothing: the row count comes with CommandComplete
-                replacement = self._backend_message(kind, data, pos + 5, end)
-                if replacement is not None:
-                    if pieces is None:
-                        pieces = []
-                    pieces.append(data[flushed:pos])
-                    pieces.append(replacement)
-                    flushed = end
-            pos = end
+        try:
+            while size - pos >= 5:
+                kind = data[pos]
+                length = int.from_bytes(data[pos + 1:pos + 5], "big")
+                end = pos + 1 + length
+                if end > size:
+                    if kind == 68 or kind == 100:  # DataRow / CopyData: stream through
+                        self._backend_skip = end - size
+                        pos = size
+                    break
+                if kind != 68:  # DataRow needs nothing: the row count comes with CommandComplete
+                    replacement = self._backend_message(kind, data, pos + 5, end)
+                    if replacement is not None:
+                        if pieces is None:
+                            pieces = []
+                        pieces.append(data[flushed:pos])
+                        pieces.append(replacement)
+                        flushed = end
+                pos = end
+        except Exception:
+            log.exception("unexpected error relaying to client %s", self.peer)
+            self.fatal("XX000", "wardgate: internal error; the session is closed")
+            return
         if pos < size:
             self._backend_tail = data[pos:]
         if pieces is None:
@@ -537,57 +552,57 @@ class ClientConnection(asyncio.Protocol):
         pending = self._pending
         head = pending[0] if pending else None
         if kind == 67:  # CommandComplete
-            if head is not None and (head.kind == _Q or head.kind == _E):
+            if head is not None and (head[0] == _Q or head[0] == _E):
                 tag = data[start:end - 1].decode("ascii", "replace")
-                self.session.result(head.event, status="ok", rows=wire.command_tag_rows(tag), tag=tag,
-                                    seconds=time.perf_counter() - head.started)
-                if head.kind == _E:
+                self.session.result(head[1], status="ok", rows=wire.command_tag_rows(tag), tag=tag,
+                                    seconds=time.perf_counter() - head[2])
+                if head[0] == _E:
                     pending.popleft()
             return None
         if kind == 90:  # ReadyForQuery
-            if head is not None and (head.kind == _S or head.kind == _Q):
+            if head is not None and (head[0] == _S or head[0] == _Q):
                 pending.popleft()
             return None
         if kind == 69:  # ErrorResponse
             return self._backend_error(head, data[start:end])
         if kind == 49 or kind == 50 or kind == 51:  # ParseComplete, BindComplete, CloseComplete
-            if head is not None and head.kind in _EXTENDED:
+            if head is not None and head[0] in _EXTENDED:
                 pending.popleft()
             return None
         if kind == 110 or kind == 84:  # NoData, RowDescription: end a Describe
-            if head is not None and head.kind == _D:
+            if head is not None and head[0] == _D:
                 pending.popleft()
             return None
         if kind == 115 or kind == 73:  # PortalSuspended, EmptyQueryResponse
-            if head is not None and head.kind == _E:
+            if head is not None and head[0] == _E:
                 pending.popleft()
-                self.session.result(head.event, status="suspended" if kind == 115 else "empty",
-                                    seconds=time.perf_counter() - head.started)
+                self.session.result(head[1], status="suspended" if kind == 115 else "empty",
+                                    seconds=time.perf_counter() - head[2])
             return None
         return None
 
-    def _backend_error(self, head: _Pending | None, payload: bytes) -> bytes | None:
+    def _backend_error(self, head: tuple | None, payload: bytes) -> bytes | None:
         pending = self._pending
         if head is None:
             return None  # e.g. an administrator terminated the backend: pass it on as it is
+        kind, event, started, refusal = head
         replacement = None
-        if head.refusal is not None:
-            self.session.result(head.event, status="refused", error={"code": "42501", "message": head.refusal.message},
-                                seconds=time.perf_counter() - head.started)
-            replacement = wire.error_response("42501", _refusal_text(head.refusal),
-                                              detail=f"rule: {head.refusal.rule}",
+        if refusal is not None:
+            self.session.result(event, status="refused", error={"code": "42501", "message": refusal.message},
+                                seconds=time.perf_counter() - started)
+            replacement = wire.error_response("42501", _refusal_text(refusal), detail=f"rule: {refusal.rule}",
                                               hint=f"wardgate session {self.session.id}")
         else:
             fields = wire.parse_error_fields(payload)
-            self.session.result(head.event, status="error",
+            self.session.result(event, status="error",
                                 error={"code": fields.get("C", ""), "message": fields.get("M", "")},
-                                seconds=time.perf_counter() - head.started)
-        if head.kind in _EXTENDED:
+                                seconds=time.perf_counter() - started)
+        if kind in _EXTENDED:
             # The backend now skips everything up to Sync: so do our expectations.
-            while pending and pending[0].kind != _S:
+            while pending and pending[0][0] != _S:
                 skipped = pending.popleft()
-                if skipped is not head and skipped.kind == _E and skipped.event is not None:
-                    self.session.result(skipped.event, status="skipped")
+                if skipped is not head and skipped[0] == _E and skipped[1] is not None:
+                    self.session.result(skipped[1], status="skipped")
             if not pending:
                 self._discard_until_sync = True
         return replacement

@@ -181,10 +181,12 @@ TERMINATE = message(b"X")
 # --- parsers of message payloads -----------------------------------------------------------------
 
 
-def read_cstr(payload: bytes | memoryview, offset: int) -> tuple[str, int]:
+def read_cstr(payload: bytes, offset: int) -> tuple[str, int]:
     """Decode a NUL-terminated string at ``offset``; return it and the offset after the NUL."""
-    end = bytes(payload).index(b"\x00", offset) if isinstance(payload, memoryview) else payload.index(b"\x00", offset)
-    return bytes(payload[offset:end]).decode("utf-8", "replace"), end + 1
+    end = payload.find(b"\x00", offset)
+    if end < 0:
+        raise ProtocolViolation("a string field is not NUL-terminated")
+    return payload[offset:end].decode("utf-8", "replace"), end + 1
 
 
 def parse_error_fields(payload: bytes) -> dict[str, str]:

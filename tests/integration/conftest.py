@@ -1,0 +1,36 @@
+"""Fixtures for tests through a running gateway."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from wardgate.devtools.harness import GatewayThread, default_test_config
+
+
+@pytest.fixture
+def make_gateway(postgres) -> Iterator[Callable[..., GatewayThread]]:
+    """Start gateways fronting the session's PostgreSQL as resource ``orders-prod``; keyword
+    arguments override top-level config keys. Stopped at the end of the test."""
+    started: list[GatewayThread] = []
+    # Not pytest's tmp_path: the state dir must be readable by whoever runs the clients.
+    tmp = Path(tempfile.mkdtemp(prefix="wardgate-test-"))
+
+    def make(**overrides) -> GatewayThread:
+        directory = tmp / f"gw{len(started)}"
+        directory.mkdir()
+        gateway = GatewayThread(default_test_config(postgres, directory, **overrides), directory).start()
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway) -> GatewayThread:
+    return make_gateway()
