@@ -421,7 +421,7 @@ def print_table(lines: list[dict], memory: dict | None, args: argparse.Namespace
 
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", "-T", type=int, default=10, help="seconds per pgbench run (default 10)")
     parser.add_argument("--clients", "-c", type=int, default=8, help="pgbench clients (default 8)")

@@ -181,6 +181,9 @@ class ResourceConfig(_Strict):
     password: str | None = None
     tls: BackendTLSConfig = BackendTLSConfig()
     connect_timeout: Duration = 10.0
+    # How long a fetched credential is reused before it is fetched again (a credential the backend
+    # refuses is re-fetched at once, whatever this says).
+    credential_refresh: Duration = 300.0
 
 
 class AuditConfig(_Strict):

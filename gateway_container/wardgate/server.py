@@ -107,7 +107,8 @@ class Gateway:
         source = open_source(resource.password, resource.username) if resource.password else None
         target = BackendTarget(resource.host, resource.port, resource.database, resource.tls.mode,
                                backend_ssl_context(resource), resource.connect_timeout)
-        return PgResource(name, target, CredentialBroker(source, resource.username))
+        return PgResource(name, target, CredentialBroker(source, resource.username,
+                                                         refresh_after=resource.credential_refresh))
 
     async def _start_control(self) -> None:
         app = web.Application()

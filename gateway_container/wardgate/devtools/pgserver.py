@@ -202,6 +202,7 @@ class ThrowawayPostgres:
         self._passwords: dict[str, str | None] = {}
         self._role_hba: list[tuple[str, str]] = []
         self._hba_generation = 0
+        self._ssl = False
         self._running = False
         self._uid: int | None = None  # when root: run server programs as the postgres user
         self._gid: int | None = None
@@ -327,6 +328,19 @@ class ThrowawayPostgres:
         self._passwords[name] = password
         self._role_hba.append((name, method))
         self._write_hba()
+        self.reload()
+
+    def enable_ssl(self, cert_file: Path, key_file: Path) -> None:
+        """Serve TLS with this certificate and key (copied into the data directory, owned by the
+        server's user as PostgreSQL requires), then reload."""
+        self._require_running()
+        assert self.data_dir is not None
+        for source, name, mode in ((cert_file, "server.crt", 0o644), (key_file, "server.key", 0o600)):
+            target = self.data_dir / name
+            shutil.copyfile(source, target)
+            target.chmod(mode)
+            self._chown(target)
+        self._ssl = True
         self.reload()
 
     def reload(self) -> None:
@@ -536,6 +550,7 @@ class ThrowawayPostgres:
             "log_statement": _sql_literal(self.log_statement),
             "log_connections": "on",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
+            "ssl": "on" if self._ssl else "off",
             "wardgate.conf_generation": _sql_literal(str(self._hba_generation)),
         }
         conf = self.data_dir / "wardgate.conf"

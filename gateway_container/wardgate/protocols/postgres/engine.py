@@ -304,22 +304,31 @@ class ClientConnection(asyncio.Protocol):
             hint = " (send your OIDC token as the password, e.g. in PGPASSWORD)" if exc.reason == "malformed" else ""
             raise StartupRefused(f"authentication failed: {exc}{hint}", "28000") from None
 
-        try:
-            credential = await resource.broker.get()
-            link, hello = await connect_backend(resource.target, credential.username, credential.password,
-                                                forwarded)
-        except CredentialError as exc:
-            self.session.note("session.backend_failed", reason=str(exc))
-            raise StartupRefused(f"cannot obtain credentials for resource {database!r}: {exc}", "08001") from None
-        except BackendError as exc:
-            if exc.credentials_refused:
-                resource.broker.invalidate()  # probably rotated: fetch afresh next time
-            self.session.note("session.backend_failed", reason=str(exc))
-            raise StartupRefused(f"cannot connect to resource {database!r}: {exc}", "08001") from None
+        link, hello = await self._connect_backend(resource, forwarded)
         if self._closed:
             link.transport.close()
             return
         self._start_relay(resource, link, hello)
+
+    async def _connect_backend(self, resource: PgResource, forwarded: dict[str, str]) -> tuple[BackendLink, BackendHello]:
+        """Connect with the brokered credential. A refused credential was probably rotated: fetch it
+        afresh and try once more, so a rotation costs no client a failed connection."""
+        for attempt in (1, 2):
+            try:
+                credential = await resource.broker.get()
+                return await connect_backend(resource.target, credential.username, credential.password, forwarded)
+            except CredentialError as exc:
+                self.session.note("session.backend_failed", reason=str(exc))
+                raise StartupRefused(f"cannot obtain credentials for resource {resource.name!r}: {exc}",
+                                     "08001") from None
+            except BackendError as exc:
+                if exc.credentials_refused and attempt == 1:
+                    resource.broker.invalidate()
+                    self.session.note("session.credential_refreshed", reason=str(exc))
+                    continue
+                self.session.note("session.backend_failed", reason=str(exc))
+                raise StartupRefused(f"cannot connect to resource {resource.name!r}: {exc}", "08001") from None
+        raise AssertionError("unreachable")
 
     def _start_relay(self, resource: PgResource, link: BackendLink, hello: BackendHello) -> None:
         self.backend = link
