@@ -198,6 +198,15 @@ class AuditConfig(_Strict):
     enabled: bool = True
 
 
+class PolicyConfig(_Strict):
+    # A policy bundle (YAML). Without one the gateway allows every statement that parses, and says so.
+    file: Path
+    # Reload when the file changes (checked every ``watch_interval``) and on SIGHUP. An invalid new
+    # version is refused loudly and the running policy stays.
+    watch: bool = True
+    watch_interval: Duration = 2.0
+
+
 class GatewayConfig(_Strict):
     listeners: list[ListenerConfig]
     control: ControlConfig = ControlConfig()
@@ -206,6 +215,7 @@ class GatewayConfig(_Strict):
     dev_issuer: DevIssuerConfig = DevIssuerConfig()
     resources: dict[str, ResourceConfig]
     audit: AuditConfig = AuditConfig()
+    policy: PolicyConfig | None = None
 
     @model_validator(mode="after")
     def _trust(self) -> "GatewayConfig":
@@ -247,4 +257,7 @@ def load_config(path: Path | str) -> GatewayConfig:
         raise ConfigError(_format_validation_error(path, exc)) from None
     # Relative paths are relative to the config file, so a config works wherever it is run from.
     base = path.parent
-    return config.model_copy(update={"state_dir": (base / config.state_dir).resolve()})
+    update: dict = {"state_dir": (base / config.state_dir).resolve()}
+    if config.policy is not None:
+        update["policy"] = config.policy.model_copy(update={"file": (base / config.policy.file).resolve()})
+    return config.model_copy(update=update)

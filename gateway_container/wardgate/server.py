@@ -12,11 +12,11 @@ from pathlib import Path
 from aiohttp import web
 
 from wardgate.config import GatewayConfig, IssuerConfig, ResourceConfig, parse_address
-from wardgate.core.audit import Recorder, open_sink
+from wardgate.core.audit import AuditUnavailable, Recorder, open_sink
 from wardgate.core.credentials import CredentialBroker, open_source
 from wardgate.core.devissuer import DevIssuer, dev_issuer_url
 from wardgate.core.identity import TokenVerifier
-from wardgate.core.policy import AllowAll
+from wardgate.core.policy import AllowAll, PolicyError, load_policy
 from wardgate.core.session import DecisionCore
 from wardgate.metrics import GatewayMetrics
 from wardgate.protocols.postgres.backend import BackendTarget
@@ -24,6 +24,14 @@ from wardgate.protocols.postgres.engine import CancelRegistry, PgResource, Postg
 from wardgate.tlsdev import ensure_dev_certificate, server_ssl_context
 
 log = logging.getLogger("wardgate")
+
+
+def _file_stamp(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 def backend_ssl_context(resource: ResourceConfig) -> ssl.SSLContext | None:
@@ -57,6 +65,35 @@ class Gateway:
         self._servers: list[asyncio.base_events.Server] = []
         self._frontends: list[PostgresFrontend] = []
         self._ready = False
+        self._policy_stamp: tuple | None = None
+        self._watcher: asyncio.Task | None = None
+
+    def reload_policy(self) -> bool:
+        """Load the policy file again (file change, SIGHUP). An invalid file keeps the running policy,
+        loudly: logged as an error and recorded. Returns whether the new policy is in force."""
+        path = self.config.policy.file
+        self._policy_stamp = _file_stamp(path)
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            log.error("policy reload REFUSED, the previous policy stays in force:\n%s", exc)
+            try:
+                self.core.note("policy.load_failed", source=str(path), error=str(exc),
+                               running_policy=self.core.policy.bundle_hash, controls=["CM-3", "CM-6"])
+            except AuditUnavailable:
+                pass
+            return False
+        if policy.bundle_hash != self.core.policy.bundle_hash:
+            self.core.set_policy(policy, source=str(path))
+            log.info("policy reloaded: %s", policy.bundle_hash)
+        return True
+
+    async def _watch_policy(self) -> None:
+        interval = self.config.policy.watch_interval
+        while True:
+            await asyncio.sleep(interval)
+            if _file_stamp(self.config.policy.file) != self._policy_stamp:
+                self.reload_policy()
 
     async def start(self) -> None:
         config = self.config
@@ -79,8 +116,17 @@ class Gateway:
             spool = None
         self.recorder = Recorder(spool, fsync=config.audit.fsync, fsync_interval=config.audit.fsync_interval)
         self.recorder.start(asyncio.get_running_loop())
-        self.core = DecisionCore(verifier=TokenVerifier(issuers), policy=AllowAll(), recorder=self.recorder,
+        if config.policy is not None:
+            policy = load_policy(config.policy.file)  # PolicyError: refuse to start, naming the key
+            self._policy_stamp = _file_stamp(config.policy.file)
+        else:
+            log.warning("NO POLICY CONFIGURED: every statement that parses is allowed (and recorded)")
+            policy = AllowAll()
+        self.core = DecisionCore(verifier=TokenVerifier(issuers), policy=policy, recorder=self.recorder,
                                  gateway_id=self.gateway_id, observer=self.metrics)
+        self.core.set_policy(policy, source=str(config.policy.file) if config.policy else "builtin")
+        if config.policy is not None and config.policy.watch:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_policy())
         resources = {name: self._pg_resource(name, r) for name, r in config.resources.items()
                      if r.protocol == "postgres"}
         cancels = CancelRegistry()
@@ -153,6 +199,8 @@ class Gateway:
 
     async def stop(self) -> None:
         self._ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
         for server in self._servers:
             server.close()
         for frontend in self._frontends:
@@ -175,6 +223,8 @@ async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config.policy is not None:
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload_policy)
     try:
         await stop.wait()
     finally:

@@ -288,6 +288,7 @@ class TokenVerifier:
             claims={name: payload[name] for name in config.claims if name in payload},
             token_id=token_id if isinstance(token_id, str) else None,
             expires_at=float(payload["exp"]),
+            all_claims=dict(payload),
         )
 
 

@@ -21,6 +21,9 @@ class Principal:
     claims: Mapping[str, Any] = field(default_factory=dict)
     token_id: str | None = None
     expires_at: float | None = None
+    # Every claim of the verified token, for policy role matching; not recorded as a whole (the
+    # audit records ``claims`` and whichever claims a role matched on).
+    all_claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def audit_view(self) -> dict[str, Any]:
         return {
@@ -39,12 +42,31 @@ class Verdict(str, enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Approval:
+    """How a ``review`` decision is approved (used by the approval flow)."""
+
+    approvers: tuple[str, ...]
+    # "statement": this statement once; "session": the rest of the session; "duration": for ``seconds``.
+    scope: str = "statement"
+    seconds: float | None = None
+    quorum: int = 1
+    timeout: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
     rule: str
     message: str = ""
     # NIST SP 800-53 controls the decision enforces, carried into the audit record.
     controls: tuple[str, ...] = ("AC-3",)
+    # What the decision saw, for the audit record and for `policy explain`.
+    classes: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    # Masking profile to apply to this command's results (None: pass results through untouched).
+    mask_profile: str | None = None
+    approval: Approval | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from wardgate.core.audit import AuditUnavailable, Recorder, SessionLog, new_sess
 from wardgate.core.identity import AuthenticationError, TokenVerifier
 from wardgate.core.model import Command, Decision, Principal, Verdict
 from wardgate.core.policy import Policy
-from wardgate.core.sqltext import analyze_sql
+from wardgate.core.sqlclass import SqlParseError, classify
 
 
 class Observer(Protocol):
@@ -48,6 +48,23 @@ class DecisionCore:
         self.recorder = recorder
         self.gateway_id = gateway_id
         self.observer = observer or NullObserver()
+        # Facts about the gateway itself (policy loads…) form their own chain.
+        self.system_log = SessionLog(recorder, f"gateway-{gateway_id}", {"gateway": gateway_id})
+
+    def note(self, event_type: str, **fields: Any) -> None:
+        """Record a gateway-level fact and write it out (raises AuditUnavailable)."""
+        self.system_log.emit(event_type, fields)
+        self.recorder.commit()
+
+    def set_policy(self, policy: Policy, *, source: str) -> None:
+        """Swap the policy; sessions pick it up at their next statement."""
+        self.policy = policy
+        self.system_log.emit("policy.loaded", {"policy": policy.bundle_hash, "source": source,
+                                               "controls": ["CM-2", "CM-3", "CM-6"]})
+        try:
+            self.recorder.commit()
+        except AuditUnavailable:
+            pass  # queued; refused statements will say the sink is down
 
     def open_session(self, *, protocol: str, resource: str, peer: str, tls: bool,
                      client: dict[str, Any]) -> "Session":
@@ -71,6 +88,8 @@ class Session:
             "gateway": core.gateway_id, "protocol": protocol, "resource": resource,
         })
         self._ended = False
+        self._roles_policy: Policy | None = None
+        self._roles: tuple[str, ...] = ()
         self.log.emit("session.started", {"peer": peer, "tls": tls, "client": client,
                                            "controls": ["AU-2", "AU-3", "AU-12"]})
         core.observer.session_opened(protocol, resource)
@@ -95,27 +114,42 @@ class Session:
         self.core.observer.authenticated(self.protocol, True, "ok")
         return principal
 
+    def roles(self) -> tuple[str, ...]:
+        policy = self.core.policy
+        if self._roles_policy is not policy:  # computed once per session and policy version
+            self._roles = policy.roles_for(self.principal)
+            self._roles_policy = policy
+        return self._roles
+
     def decide(self, command: Command) -> tuple[Decision, str]:
         """Decide one command and record the decision. Returns (decision, event id)."""
         self.commands += 1
-        analysis = analyze_sql(command.text) if command.language == "sql" else None
-        if analysis is not None and analysis.parse_error is not None:
-            decision = Decision(Verdict.DENY, "builtin:unparseable",
-                                f"statement refused: it cannot be parsed ({analysis.parse_error})",
-                                _UNPARSEABLE_CONTROLS)
+        policy = self.core.policy
+        classification = None
+        decision = None
+        if command.language == "sql":
+            try:
+                classification = classify(command.text)
+            except SqlParseError as exc:
+                decision = Decision(Verdict.DENY, "builtin:unparseable",
+                                    f"statement refused: it cannot be parsed ({exc})", _UNPARSEABLE_CONTROLS)
+        if decision is not None:
+            pass
         elif self.core.recorder.last_error is not None:
             decision = Decision(Verdict.DENY, "builtin:audit-unavailable",
                                 f"statement refused: {self.core.recorder.last_error}; "
                                 "nothing runs unrecorded", _AUDIT_DOWN_CONTROLS)
         else:
-            decision = self.core.policy.decide(self.principal, self.resource, command)
+            decision = policy.decide(self.principal, self.resource, command, classification,
+                                     session_started=self.started_at, now=time.time(), roles=self.roles())
         if decision.verdict is not Verdict.ALLOW:
             self.denied += 1
         event_id = self.log.emit("command.decided", {
             "kind": command.kind, "statement": command.text, "statement_name": command.statement_name,
-            "fingerprint": analysis.fingerprint if analysis is not None else None,
+            "fingerprint": classification.fingerprint if classification is not None else None,
+            "classes": decision.classes, "tables": decision.tables, "roles": decision.roles,
             "decision": decision.verdict.value, "rule": decision.rule, "message": decision.message or None,
-            "policy": self.core.policy.bundle_hash, "controls": decision.controls,
+            "mask": decision.mask_profile, "policy": policy.bundle_hash, "controls": decision.controls,
         })
         self.core.observer.decided(self.protocol, decision.verdict.value)
         return decision, event_id
