@@ -32,7 +32,7 @@ bench: venv
 	$(BIN)/python bench/pg_overhead.py
 
 clean:
-	rm -rf build dist .pytest_cache .import_linter_cache .wardgate wardgate-audit
+	rm -rf build dist .pytest_cache .import_linter_cache .wardgate wardgate-audit .wardgate-demo
 	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

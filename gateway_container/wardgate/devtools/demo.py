@@ -310,8 +310,9 @@ def summarize_audit(files: list[Path]) -> dict:
     denied = allowed = 0
     for session_id, items in sessions.items():
         intact = chain_intact([raw for raw, _ in items])
-        print(f"\n  session {session_id}: {len(items)} events, hash chain "
-              f"{'intact' if intact else 'BROKEN'}")
+        title = ("gateway events (not a client session)" if session_id.startswith("gateway-")
+                 else f"session {session_id}")
+        print(f"\n  {title}: {len(items)} events, hash chain {'intact' if intact else 'BROKEN'}")
         print(f"  {'seq':>4}  {'type':<26} what")
         for _, event in items:
             print(f"  {event.get('seq', '?'):>4}  {event.get('type', '?'):<26} {describe(event)}")
