@@ -84,7 +84,9 @@ async def _measure(recording: bool, protocol: str, rounds: int, directory: Path)
     started = time.perf_counter()
     for request, answer in traffic:
         connection.data_received(request)
+        recorder._flush()  # what the end of an event-loop iteration does
         connection._from_backend(answer)
+        recorder._flush()
     elapsed = time.perf_counter() - started
     recorder.close()
     return elapsed / rounds * 1e6

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from wardgate.config import ConfigError, load_config, parse_duration
+from wardgate.core.policy import PolicyError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,6 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
         if gateway.dev_ca_file is not None:
             print(f"wardgate: dev TLS CA {gateway.dev_ca_file}", flush=True)
 
+    import os, gc
+    if os.environ.get("WG_NOGC"):
+        gc.disable()
     uvloop.run(run_gateway(config, Path(args.config).resolve().parent, on_started=started))
     return 0
 
@@ -64,6 +68,59 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_validate(args: argparse.Namespace) -> int:
+    from wardgate.core.policy import load_policy
+
+    engine = load_policy(args.policy)
+    bundle = engine.bundle
+    print(f"{args.policy}: valid policy {bundle.name!r} ({len(bundle.roles)} roles, {len(bundle.rules)} rules, "
+          f"{len(bundle.masking)} masking profiles), {engine.bundle_hash}")
+    return 0
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from wardgate.core.policy import load_policy
+    from wardgate.policytool import claims_from_token, explain, format_explanation, principal_from_claims
+
+    engine = load_policy(args.policy)
+    if args.token:
+        claims = claims_from_token(args.token)
+    else:
+        try:
+            claims = json.loads(Path(args.claims).read_text()) if not args.claims.lstrip().startswith("{") \
+                else json.loads(args.claims)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"wardgate policy explain: --claims {args.claims!r}: {exc}")
+    result = explain(engine, principal_from_claims(claims), args.resource, args.sql)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else format_explanation(result))
+    return 0
+
+
+def _policy_test(args: argparse.Namespace) -> int:
+    from wardgate.policytool import run_tests
+
+    total_passed = total_failed = 0
+    for name in args.files:
+        path = Path(name)
+        files = sorted(path.glob("**/*test*.yaml")) if path.is_dir() else [path]
+        for file in files:
+            passed, failed, lines = run_tests(file)
+            total_passed += passed
+            total_failed += failed
+            for line in lines:
+                if failed or args.verbose_cases:
+                    print(line)
+    print(f"{total_passed} passed, {total_failed} failed")
+    return 1 if total_failed or not total_passed else 0
+
+
+def _policy_schema(args: argparse.Namespace) -> int:
+    from wardgate.policytool import schema_json
+
+    print(schema_json())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgate", description="Layer 7 access gateway for AI agents and CI")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -81,6 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--claim", action="append", help="extra claim KEY=VALUE (e.g. repository=acme/app)")
     token.set_defaults(func=_token)
 
+    policy = commands.add_parser("policy", help="validate, explain and test policy bundles")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    validate = policy_commands.add_parser("validate", help="check a policy file")
+    validate.add_argument("policy")
+    validate.set_defaults(func=_policy_validate)
+    explain = policy_commands.add_parser("explain", help="show the decision for one statement")
+    explain.add_argument("--policy", required=True)
+    who = explain.add_mutually_exclusive_group(required=True)
+    who.add_argument("--claims", help="claims as a JSON file or inline JSON")
+    who.add_argument("--token", help="a token whose claims are read (NOT verified: dry run)")
+    explain.add_argument("--resource", required=True)
+    explain.add_argument("--sql", required=True)
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(func=_policy_explain)
+    test = policy_commands.add_parser("test", help="run policy test files (exit 1 on any failure)")
+    test.add_argument("files", nargs="+", help="test files, or directories searched for *test*.yaml")
+    test.add_argument("--verbose-cases", action="store_true", help="print every case, not only failures")
+    test.set_defaults(func=_policy_test)
+    schema = policy_commands.add_parser("schema", help="print the policy JSON Schema (for editors)")
+    schema.set_defaults(func=_policy_schema)
+
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check_config)
@@ -93,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, PolicyError) as exc:
         print(f"wardgate: {exc}", file=sys.stderr)
         return 2
 

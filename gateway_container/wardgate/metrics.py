@@ -36,7 +36,7 @@ class _StatementCollector:
         decisions = CounterMetricFamily("wardgate_decisions", "Command decisions by verdict",
                                         labels=["protocol", "verdict"])
         for (protocol, verdict), value in list(self.metrics.decision_counts.items()):
-            decisions.add_metric([protocol, verdict], value)
+            decisions.add_metric([protocol, getattr(verdict, "value", verdict)], value)
         yield decisions
         latency = HistogramMetricFamily("wardgate_command_seconds", "Command latency through the gateway",
                                         labels=["protocol"])

@@ -135,9 +135,11 @@ def open_sink(url: str, base_dir: Path, gateway_id: str) -> FileSpool:
 class Recorder:
     """Collects events from all sessions of a gateway and commits them to the sink.
 
-    Producers call :meth:`append` (cheap, in the event loop) and :meth:`commit` before letting bytes
-    through; ``commit`` returns ``None`` when the events are as durable as the policy requires, or a
-    future to wait on (``always`` mode).
+    Producers call :meth:`append` (cheap, in the event loop), then hand the bytes that depend on those
+    events to :meth:`forward`. Forwarded bytes wait for the end of the event-loop iteration, when one
+    ``write(2)`` (and, in ``always`` mode, one fsync in the writer thread) covers the events of every
+    session that produced some in that iteration; then the bytes are released in order. Bytes that
+    depend on no unwritten event go straight through.
     """
 
     def __init__(self, spool: FileSpool | None, *, fsync: str = "write", fsync_interval: float = 1.0):
@@ -153,6 +155,9 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self.events_written = 0
         self.last_error: str | None = None
+        self._queued: list[tuple[Any, bytes, Any]] = []
+        self._flush_scheduled = False
+        self._fsync_in_flight = False
 
     @property
     def enabled(self) -> bool:
@@ -191,6 +196,52 @@ class Recorder:
             self._sync_cond.notify()
         return future
 
+    def forward(self, destination: Any, data: bytes, owner: Any) -> None:
+        """Write ``data`` to ``destination`` (a transport) once every event appended so far is as
+        durable as the fsync policy requires. ``owner`` is told ``audit_failed(message)`` instead if
+        the sink refuses the events, and ``audit_hold()`` / ``audit_release()`` around an fsync wait
+        so it stops reading meanwhile."""
+        if not self._pending and not self._queued:
+            destination.write(data)
+            return
+        self._queued.append((destination, data, owner))
+        if self._fsync_in_flight:
+            owner.audit_hold()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._fsync_in_flight or not self._queued:
+            return  # the fsync in flight calls us again when it completes
+        queued, self._queued = self._queued, []
+        try:
+            future = self.commit()
+        except AuditUnavailable as exc:
+            _fail_owners(queued, str(exc))
+            return
+        if future is None:
+            _release(queued)
+            return
+        self._fsync_in_flight = True
+        owners = {id(owner): owner for _, _, owner in queued}
+        for owner in owners.values():
+            owner.audit_hold()
+        future.add_done_callback(lambda f: self._after_fsync(f, queued, owners))
+
+    def _after_fsync(self, future: asyncio.Future, queued: list, owners: dict) -> None:
+        self._fsync_in_flight = False
+        error = future.exception()
+        if error is not None:
+            _fail_owners(queued, str(error))
+        else:
+            _release(queued)
+        for owner in owners.values():
+            owner.audit_release()
+        if self._queued:
+            self._flush()
+
     def _sync_worker(self) -> None:
         # Group commit: one fsync answers every request queued while the previous one ran.
         while True:
@@ -224,6 +275,20 @@ class Recorder:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.spool.close()
+
+
+def _release(queued: list[tuple[Any, bytes, Any]]) -> None:
+    for destination, data, _ in queued:
+        if not destination.is_closing():
+            destination.write(data)
+
+
+def _fail_owners(queued: list[tuple[Any, bytes, Any]], message: str) -> None:
+    told: set[int] = set()
+    for _, _, owner in queued:
+        if id(owner) not in told:
+            told.add(id(owner))
+            owner.audit_failed(message)
 
 
 def _resolve_all(futures: list[asyncio.Future], error: str | None) -> None:

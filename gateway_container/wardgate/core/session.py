@@ -38,6 +38,7 @@ class NullObserver:
 _UNPARSEABLE_CONTROLS = ("AC-3", "SI-10")
 _AUDIT_DOWN_CONTROLS = ("AU-5", "AC-3")
 _RESULT_CONTROLS = ("AU-3", "AU-12")
+_ALLOW = Verdict.ALLOW
 
 
 class DecisionCore:
@@ -142,16 +143,16 @@ class Session:
         else:
             decision = policy.decide(self.principal, self.resource, command, classification,
                                      session_started=self.started_at, now=time.time(), roles=self.roles())
-        if decision.verdict is not Verdict.ALLOW:
+        if decision.verdict is not _ALLOW:
             self.denied += 1
         event_id = self.log.emit("command.decided", {
             "kind": command.kind, "statement": command.text, "statement_name": command.statement_name,
             "fingerprint": classification.fingerprint if classification is not None else None,
             "classes": decision.classes, "tables": decision.tables, "roles": decision.roles,
-            "decision": decision.verdict.value, "rule": decision.rule, "message": decision.message or None,
+            "decision": decision.verdict, "rule": decision.rule, "message": decision.message or None,
             "mask": decision.mask_profile, "policy": policy.bundle_hash, "controls": decision.controls,
         })
-        self.core.observer.decided(self.protocol, decision.verdict.value)
+        self.core.observer.decided(self.protocol, decision.verdict)
         return decision, event_id
 
     def result(self, command_event: str, *, status: str, rows: int | None = None, tag: str | None = None,
@@ -159,7 +160,7 @@ class Session:
         """Record what a decided command did (``ok``, ``error``, ``suspended``, ``refused``)."""
         self.log.emit("command.result", {
             "command": command_event, "status": status, "rows": rows, "tag": tag, "error": error,
-            "duration_ms": round(seconds * 1000, 3) if seconds is not None else None,
+            "duration_us": int(seconds * 1_000_000) if seconds is not None else None,
             "controls": _RESULT_CONTROLS})
         if seconds is not None:
             self.core.observer.command_finished(self.protocol, seconds)

@@ -286,8 +286,8 @@ def _describe(event: dict) -> str:
             parts.append(f"rows={event['rows']}")
         if event.get("error"):
             parts.append(f"error {event['error'].get('code')}")
-        if event.get("duration_ms") is not None:
-            parts.append(f"{event['duration_ms']} ms")
+        if event.get("duration_us") is not None:
+            parts.append(f"{event['duration_us'] / 1000:.3f} ms")
         return "  ".join(parts)
     if kind == "session.ended":
         return (f"{event.get('reason')}; {event.get('commands')} commands, {event.get('denied')} denied, "

@@ -22,7 +22,6 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from wardgate.config import is_loopback
 from wardgate.core.audit import AuditUnavailable
@@ -48,6 +47,7 @@ _Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = b"QPBDECSFHX"
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"dcf"
 _PASSTHROUGH_FROM_CLIENT = frozenset({_H, _COPY_DATA, _COPY_DONE, _COPY_FAIL})
 _EXTENDED = frozenset({_P, _B, _D, _E, _C})
+_ALLOW = Verdict.ALLOW  # enum member lookups go through a descriptor in 3.11: look up once
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +129,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = "?"
         self.tls = False
         self.session: Session | None = None
+        self.recorder = frontend.core.recorder
         self.backend: BackendLink | None = None
         self._startup_buffer = bytearray()
         self._waiter: asyncio.Future | None = None
@@ -422,20 +423,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             pieces.append(data[flushed:pos])
             outgoing = b"".join(pieces)
-        if not outgoing:
-            return
-        try:
-            durable = self.session.commit()
-        except AuditUnavailable as exc:
-            # Nothing may run unrecorded: the statements in this chunk never reach the backend.
-            self.fatal("58030", f"wardgate: {exc}; the session is closed and no statement was run")
-            return
-        if durable is None:
-            self.backend.transport.write(outgoing)
-        else:
-            self._hold_client_reads("audit-fsync")
-            durable.add_done_callback(lambda f: self._after_durable(f, self.backend, outgoing, "audit-fsync",
-                                                                   self._release_client_reads))
+        if outgoing:
+            # Statements reach the backend only after their decision events are written.
+            self.recorder.forward(self.backend.transport, outgoing, self)
 
     def _client_message(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
         """Handle one complete client message; return replacement bytes, or None to forward it."""
@@ -446,7 +436,7 @@ class ClientConnection(asyncio.Protocol):
                 raise wire.ProtocolViolation("query string is not NUL-terminated")
             text = data[start:end - 1].decode("utf-8", "replace")
             decision, event = self.session.decide(Command(PROTOCOL, "query", text))
-            if decision.verdict is Verdict.ALLOW:
+            if decision.verdict is _ALLOW:
                 pending.append((_Q, event, now, None))
                 return None
             pending.append((_Q, event, now, decision))
@@ -462,7 +452,7 @@ class ClientConnection(asyncio.Protocol):
             oid = int.from_bytes(data[start:start + 4], "big")
             decision, event = self.session.decide(
                 Command(PROTOCOL, "function_call", f"fast-path function call oid={oid}", language="opaque"))
-            if decision.verdict is Verdict.ALLOW:
+            if decision.verdict is _ALLOW:
                 pending.append((_Q, event, now, None))  # answered like a query: result/error, then Z
                 return None
             pending.append((_Q, event, now, decision))
@@ -473,7 +463,7 @@ class ClientConnection(asyncio.Protocol):
             name, text = wire.parse_parse(data[start:end])
             decision, event = self.session.decide(Command(PROTOCOL, "parse", text, statement_name=name))
             self._statements[name] = event
-            refusal = None if decision.verdict is Verdict.ALLOW else decision
+            refusal = None if decision.verdict is _ALLOW else decision
             if not self._discard_until_sync:
                 pending.append((_P, event, now, refusal))
             if refusal is None:
@@ -543,19 +533,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             pieces.append(data[flushed:pos])
             outgoing = b"".join(pieces)
-        if not outgoing:
-            return
-        try:
-            durable = self.session.commit()
-        except AuditUnavailable as exc:
-            self.fatal("58030", f"wardgate: {exc}; the result is withheld and the session is closed")
-            return
-        if durable is None:
-            self.transport.write(outgoing)
-        else:
-            self._hold_backend_reads("audit-fsync")
-            durable.add_done_callback(lambda f: self._after_durable(f, self, outgoing, "audit-fsync",
-                                                                   self._release_backend_reads))
+        if outgoing:
+            # Results reach the client only after the events describing them are written.
+            self.recorder.forward(self.transport, outgoing, self)
 
     def _backend_message(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
         pending = self._pending
@@ -616,16 +596,20 @@ class ClientConnection(asyncio.Protocol):
                 self._discard_until_sync = True
         return replacement
 
+    # --- the recorder's callbacks (see Recorder.forward) ------------------------------------------
+    def audit_failed(self, message: str) -> None:
+        # Nothing runs or is shown unrecorded: what waited for these events is dropped.
+        self.fatal("58030", f"wardgate: {message}; the session is closed and nothing more was forwarded")
+
+    def audit_hold(self) -> None:
+        self._hold_client_reads("audit-fsync")
+        self._hold_backend_reads("audit-fsync")
+
+    def audit_release(self) -> None:
+        self._release_client_reads("audit-fsync")
+        self._release_backend_reads("audit-fsync")
+
     # --- flow control, holds, shutdown ----------------------------------------------------------
-    def _after_durable(self, future: asyncio.Future, target: asyncio.Protocol, outgoing: bytes, reason: str,
-                       release: Callable[[str], None]) -> None:
-        if future.cancelled() or self._closed:
-            return
-        if future.exception() is not None:
-            self.fatal("58030", f"wardgate: {future.exception()}; the session is closed")
-            return
-        target.transport.write(outgoing)
-        release(reason)
 
     def _hold_client_reads(self, reason: str) -> None:
         if not self._read_holds and self.transport is not None:
