@@ -30,9 +30,6 @@ def _serve(args: argparse.Namespace) -> int:
         if gateway.dev_ca_file is not None:
             print(f"wardgate: dev TLS CA {gateway.dev_ca_file}", flush=True)
 
-    import os, gc
-    if os.environ.get("WG_NOGC"):
-        gc.disable()
     uvloop.run(run_gateway(config, Path(args.config).resolve().parent, on_started=started))
     return 0
 

@@ -146,7 +146,6 @@ class Gateway:
             self._frontends.append(frontend)
             bound = server.sockets[0].getsockname()
             self.listener_addresses.append((bound[0], bound[1]))
-            log.info("postgres listener on %s:%s", bound[0], bound[1])
         self._ready = True
 
     def _pg_resource(self, name: str, resource: ResourceConfig) -> PgResource:
