@@ -64,10 +64,10 @@ def _direct_rows(postgres, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def _psql(gateway: GatewayThread, token: str, *args: str, sslmode: str = "verify-full",
-          timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+          timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **gateway.libpq_env(token, RESOURCE, sslmode=sslmode), "LC_ALL": "C"}
     return subprocess.run([PSQL, "-X", "-v", "ON_ERROR_STOP=1", "-A", "-t", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 

@@ -139,12 +139,20 @@ class ClientConnection(asyncio.Protocol):
         self._cancel_pid: int | None = None
         self._closing_by_client = False  # the client sent Terminate: the backend's close is expected
         # relay state
-        self._client_tail = b""
+        # An incomplete message is kept as a list of chunks and joined once it is whole: re-joining
+        # on every read would make a large message cost quadratic time.
+        self._client_tail: list[bytes] = []
+        self._client_tail_size = 0
+        self._client_need = 0
         self._client_skip = 0
-        self._backend_tail = b""
+        self._backend_tail: list[bytes] = []
+        self._backend_tail_size = 0
+        self._backend_need = 0
         self._backend_skip = 0
+        self._rows = 0  # DataRows since the last result: a portal read in batches reports each batch
         self._pending: deque[tuple] = deque()
         self._discard_until_sync = False
+        self._skipped: set[str] = set()
         self._statements: dict[str, str] = {}  # prepared statement name → decision event id
         self._portals: dict[str, str | None] = {}  # portal → decision event id of its statement
         self._read_holds: set[str] = set()
@@ -376,8 +384,12 @@ class ClientConnection(asyncio.Protocol):
     # --- relay: client → backend ----------------------------------------------------------------
     def _from_client(self, data: bytes) -> None:
         if self._client_tail:
-            data = self._client_tail + data
-            self._client_tail = b""
+            self._client_tail.append(data)
+            self._client_tail_size += len(data)
+            if self._client_tail_size < self._client_need:
+                return
+            data = b"".join(self._client_tail)
+            self._client_tail = []
         size = len(data)
         pos = 0
         if self._client_skip:
@@ -417,7 +429,10 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("XX000", "wardgate: internal error; the session is closed")
             return
         if pos < size:
-            self._client_tail = data[pos:]
+            tail = data[pos:]
+            self._client_tail = [tail]
+            self._client_tail_size = len(tail)
+            self._client_need = 1 + int.from_bytes(tail[1:5], "big") if len(tail) >= 5 else 5
         if pieces is None:
             outgoing = data[:pos] if pos < size else data
         else:
@@ -443,6 +458,7 @@ class ClientConnection(asyncio.Protocol):
             return wire.query(REFUSED_STATEMENT)
         if kind == _S:
             self._discard_until_sync = False
+            self._skipped.clear()
             pending.append((_S, None, now, None))
             return None
         if kind == _X:
@@ -464,7 +480,10 @@ class ClientConnection(asyncio.Protocol):
             decision, event = self.session.decide(Command(PROTOCOL, "parse", text, statement_name=name))
             self._statements[name] = event
             refusal = None if decision.verdict is _ALLOW else decision
-            if not self._discard_until_sync:
+            if self._discard_until_sync:
+                # The backend skips to Sync after an error: this statement will not run.
+                self._skip(event)
+            else:
                 pending.append((_P, event, now, refusal))
             if refusal is None:
                 return None
@@ -489,13 +508,25 @@ class ClientConnection(asyncio.Protocol):
             event = None
         if not self._discard_until_sync:
             pending.append((kind, event, now, None))
+        elif kind == _E and event is not None:
+            self._skip(event)
         return None
+
+    def _skip(self, event: str) -> None:
+        """Record once that a decided statement did not run (skipped after an error, until Sync)."""
+        if event not in self._skipped:
+            self._skipped.add(event)
+            self.session.result(event, status="skipped")
 
     # --- relay: backend → client ----------------------------------------------------------------
     def _from_backend(self, data: bytes) -> None:
         if self._backend_tail:
-            data = self._backend_tail + data
-            self._backend_tail = b""
+            self._backend_tail.append(data)
+            self._backend_tail_size += len(data)
+            if self._backend_tail_size < self._backend_need:
+                return
+            data = b"".join(self._backend_tail)
+            self._backend_tail = []
         size = len(data)
         pos = 0
         if self._backend_skip:
@@ -512,8 +543,12 @@ class ClientConnection(asyncio.Protocol):
                     if kind == 68 or kind == 100:  # DataRow / CopyData: stream through
                         self._backend_skip = end - size
                         pos = size
+                        if kind == 68:
+                            self._rows += 1
                     break
-                if kind != 68:  # DataRow needs nothing: the row count comes with CommandComplete
+                if kind == 68:  # DataRow: counted, never decoded
+                    self._rows += 1
+                else:
                     replacement = self._backend_message(kind, data, pos + 5, end)
                     if replacement is not None:
                         if pieces is None:
@@ -527,7 +562,10 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("XX000", "wardgate: internal error; the session is closed")
             return
         if pos < size:
-            self._backend_tail = data[pos:]
+            tail = data[pos:]
+            self._backend_tail = [tail]
+            self._backend_tail_size = len(tail)
+            self._backend_need = 1 + int.from_bytes(tail[1:5], "big") if len(tail) >= 5 else 5
         if pieces is None:
             outgoing = data[:pos] if pos < size else data
         else:
@@ -543,7 +581,11 @@ class ClientConnection(asyncio.Protocol):
         if kind == 67:  # CommandComplete
             if head is not None and (head[0] == _Q or head[0] == _E):
                 tag = data[start:end - 1].decode("ascii", "replace")
-                self.session.result(head[1], status="ok", rows=wire.command_tag_rows(tag), tag=tag,
+                rows = wire.command_tag_rows(tag)
+                if head[0] == _E and self._rows and (rows is None or rows < self._rows):
+                    rows = self._rows  # defensive: never report fewer rows than were sent
+                self._rows = 0
+                self.session.result(head[1], status="ok", rows=rows, tag=tag,
                                     seconds=time.perf_counter() - head[2])
                 if head[0] == _E:
                     pending.popleft()
@@ -563,10 +605,13 @@ class ClientConnection(asyncio.Protocol):
                 pending.popleft()
             return None
         if kind == 115 or kind == 73:  # PortalSuspended, EmptyQueryResponse
-            if head is not None and head[0] == _E:
-                pending.popleft()
+            if head is not None and (head[0] == _E or (kind == 73 and head[0] == _Q)):
+                if head[0] == _E:
+                    pending.popleft()
                 self.session.result(head[1], status="suspended" if kind == 115 else "empty",
+                                    rows=self._rows if kind == 115 else 0,
                                     seconds=time.perf_counter() - head[2])
+                self._rows = 0
             return None
         return None
 
@@ -576,6 +621,7 @@ class ClientConnection(asyncio.Protocol):
             return None  # e.g. an administrator terminated the backend: pass it on as it is
         kind, event, started, refusal = head
         replacement = None
+        self._rows = 0
         if refusal is not None:
             self.session.result(event, status="refused", error={"code": "42501", "message": refusal.message},
                                 seconds=time.perf_counter() - started)
@@ -590,8 +636,8 @@ class ClientConnection(asyncio.Protocol):
             # The backend now skips everything up to Sync: so do our expectations.
             while pending and pending[0][0] != _S:
                 skipped = pending.popleft()
-                if skipped is not head and skipped[0] == _E and skipped[1] is not None:
-                    self.session.result(skipped[1], status="skipped")
+                if skipped is not head and skipped[0] in (_P, _E) and skipped[1] is not None:
+                    self._skip(skipped[1])
             if not pending:
                 self._discard_until_sync = True
         return replacement
