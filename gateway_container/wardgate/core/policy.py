@@ -266,6 +266,14 @@ class PolicyEngine:
         self._cache: dict[tuple, Decision] = {}
 
     # --- roles and applicable rules ---------------------------------------------------------------
+    def environment_of(self, resource: str) -> str | None:
+        """The resource's environment: an exact entry wins, else the first glob that matches."""
+        spec = self.bundle.resources.get(resource)
+        if spec is None:
+            spec = next((s for pattern, s in self.bundle.resources.items() if fnmatch.fnmatchcase(resource, pattern)),
+                        None)
+        return spec.environment if spec is not None else None
+
     def roles_for(self, principal: Principal) -> tuple[str, ...]:
         return tuple(sorted(name for name, role in self.bundle.roles.items()
                             if any(m.matches(principal) for m in role.match)))
@@ -274,7 +282,7 @@ class PolicyEngine:
         key = (roles, resource)
         rules = self._role_rules.get(key)
         if rules is None:
-            environment = self.bundle.resources.get(resource, ResourceSpec()).environment
+            environment = self.environment_of(resource)
             rules = tuple(
                 rule for rule in self.bundle.rules
                 if ("*" in rule.roles or any(r in rule.roles for r in roles))

@@ -18,6 +18,7 @@ PASSTHROUGH_SETTINGS = frozenset({
 # Parameters the gateway itself consumes.
 GATEWAY_PARAMETERS = frozenset({"user", "database", "options"})
 AGENT_PREFIX = "wardgate."
+_UTF8_NAMES = frozenset({"UTF8", "UNICODE"})
 
 
 class StartupRefused(Exception):
@@ -85,6 +86,11 @@ def filter_startup(parameters: dict[str, str]) -> tuple[dict[str, str], dict[str
             settings.append((key, value))
     options: list[str] = []
     for name, value in settings:
+        if name.lower() == "client_encoding" and value.replace("-", "").replace("_", "").upper() not in _UTF8_NAMES:
+            # Statements are decided on their UTF-8 reading; another encoding could make the backend
+            # read different text from what the policy saw.
+            raise StartupRefused(f"client_encoding {value!r} is not supported through wardgate: use UTF8",
+                                 "22021")
         lowered = name.lower()
         if lowered.startswith(AGENT_PREFIX):
             agent[lowered[len(AGENT_PREFIX):]] = value
