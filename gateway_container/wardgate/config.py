@@ -216,6 +216,9 @@ class GatewayConfig(_Strict):
     resources: dict[str, ResourceConfig]
     audit: AuditConfig = AuditConfig()
     policy: PolicyConfig | None = None
+    # Key of the masking "hash" strategy (HMAC), as a credential URL (env://, file://…). Replicas that
+    # must produce the same tokens share it. Default: a random key kept in state_dir/masking.key.
+    masking_key: str | None = None
 
     @model_validator(mode="after")
     def _trust(self) -> "GatewayConfig":

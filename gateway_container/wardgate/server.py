@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import signal
 import ssl
 import uuid
@@ -130,6 +132,7 @@ class Gateway:
         resources = {name: self._pg_resource(name, r) for name, r in config.resources.items()
                      if r.protocol == "postgres"}
         cancels = CancelRegistry()
+        masking_key = self._masking_key()
         for listener in config.listeners:
             if listener.tls is not None:
                 context = server_ssl_context(listener.tls.cert_file, listener.tls.key_file)
@@ -139,7 +142,7 @@ class Gateway:
                 context = server_ssl_context(dev.cert_file, dev.key_file)
             frontend = PostgresFrontend(self.core, resources, ssl_context=context,
                                         allow_plaintext_token_on_loopback=listener.allow_plaintext_token_on_loopback,
-                                        cancel_registry=cancels)
+                                        cancel_registry=cancels, masking_key=masking_key)
             host, port = parse_address(listener.address)
             server = await serve_postgres(frontend, host, port)
             self._servers.append(server)
@@ -147,6 +150,20 @@ class Gateway:
             bound = server.sockets[0].getsockname()
             self.listener_addresses.append((bound[0], bound[1]))
         self._ready = True
+
+    def _masking_key(self) -> bytes:
+        if self.config.masking_key:
+            return open_source(self.config.masking_key, "masking").fetch().password.encode()
+        path = self.config.state_dir / "masking.key"
+        if not path.exists():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
 
     def _pg_resource(self, name: str, resource: ResourceConfig) -> PgResource:
         source = open_source(resource.password, resource.username) if resource.password else None

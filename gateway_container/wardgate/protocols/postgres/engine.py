@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import logging
 import secrets
 import ssl
@@ -33,7 +34,10 @@ from wardgate.protocols.postgres import wire
 from wardgate.protocols.postgres.backend import (
     BackendError, BackendHello, BackendLink, BackendTarget, connect_backend, send_cancel,
 )
+from wardgate.protocols.postgres.catalog import CatalogResolver, copy_target
+from wardgate.protocols.postgres.rowmask import Field, ResultMasker, parse_row_description, with_formats
 from wardgate.protocols.postgres.startup import StartupRefused, filter_startup
+from wardgate.core.masking import MaskReport, MaskStrategy, mask_text
 
 log = logging.getLogger("wardgate.postgres")
 
@@ -48,6 +52,17 @@ _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"dcf"
 _PASSTHROUGH_FROM_CLIENT = frozenset({_H, _COPY_DATA, _COPY_DONE, _COPY_FAIL})
 _EXTENDED = frozenset({_P, _B, _D, _E, _C})
 _ALLOW = Verdict.ALLOW  # enum member lookups go through a descriptor in 3.11: look up once
+# A Describe the gateway sends itself (to learn a masked portal's columns); its answer is not relayed.
+_INJECTED_DESCRIBE = -1
+_COPY_CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
+
+
+class _NeedCatalog(Exception):
+    """Raised mid-stream: these table OIDs (or this relation) must be looked up before going on."""
+
+    def __init__(self, oids: set, relation: str | None = None):
+        self.oids = oids
+        self.relation = relation
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +111,28 @@ class PostgresFrontend:
 
     def __init__(self, core: DecisionCore, resources: dict[str, PgResource], *,
                  ssl_context: ssl.SSLContext | None, allow_plaintext_token_on_loopback: bool,
-                 cancel_registry: CancelRegistry | None = None):
+                 cancel_registry: CancelRegistry | None = None, masking_key: bytes = b""):
         self.core = core
         self.resources = resources
         self.ssl_context = ssl_context
         self.allow_plaintext_token_on_loopback = allow_plaintext_token_on_loopback
         self.cancels = cancel_registry or CancelRegistry()
         self.connections: set[ClientConnection] = set()
+        self.masking_key = masking_key
+        self._catalogs: dict[str, CatalogResolver] = {}
+
+    def catalog(self, resource: str) -> CatalogResolver:
+        resolver = self._catalogs.get(resource)
+        if resolver is None:
+            resolver = self._catalogs[resource] = CatalogResolver(self.resources[resource])
+        return resolver
 
     def __call__(self) -> "ClientConnection":
         return ClientConnection(self)
 
     def close_all(self) -> None:
+        for resolver in self._catalogs.values():
+            resolver.close()
         for connection in list(self.connections):
             connection.fatal("57P01", "wardgate is shutting down")
             # Record the end now: connection_lost comes later, after the recorder may be closed.
@@ -153,8 +178,17 @@ class ClientConnection(asyncio.Protocol):
         self._pending: deque[tuple] = deque()
         self._discard_until_sync = False
         self._skipped: set[str] = set()
-        self._statements: dict[str, str] = {}  # prepared statement name → decision event id
-        self._portals: dict[str, str | None] = {}  # portal → decision event id of its statement
+        # prepared statement name → (decision event id, masking profile); portal → (event, profile,
+        # result layout); statement name → layout from a Describe (formats come with each Bind)
+        self._statements: dict[str, tuple] = {}
+        self._portals: dict[str, tuple] = {}
+        self._statement_layouts: dict[str, list] = {}
+        # masking state of the result being relayed
+        self._masker: ResultMasker | None = None
+        self._masker_head: tuple | None = None
+        self._mask_report = MaskReport()
+        self._copy_csv = False
+        self._tables: dict[str, tuple] = {}  # decision event → tables it touches (masked commands)
         self._read_holds: set[str] = set()
         self._backend_read_holds: set[str] = set()
 
@@ -443,7 +477,11 @@ class ClientConnection(asyncio.Protocol):
             self.recorder.forward(self.backend.transport, outgoing, self)
 
     def _client_message(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
-        """Handle one complete client message; return replacement bytes, or None to forward it."""
+        """Handle one complete client message; return replacement bytes, or None to forward it.
+
+        Pending entries are (kind, decision event, time sent, refusal, masking profile, reference):
+        the reference is the statement text of a masked query, the (target, name) of a Describe, or
+        the portal of an Execute."""
         now = time.perf_counter()
         pending = self._pending
         if kind == _Q:
@@ -452,14 +490,17 @@ class ClientConnection(asyncio.Protocol):
             text = data[start:end - 1].decode("utf-8", "replace")
             decision, event = self.session.decide(Command(PROTOCOL, "query", text))
             if decision.verdict is _ALLOW:
-                pending.append((_Q, event, now, None))
+                profile = self._profile(decision)
+                if profile is not None:
+                    self._tables[event] = decision.tables
+                pending.append((_Q, event, now, None, profile, text if profile is not None else None))
                 return None
-            pending.append((_Q, event, now, decision))
+            pending.append((_Q, event, now, decision, None, None))
             return wire.query(REFUSED_STATEMENT)
         if kind == _S:
             self._discard_until_sync = False
             self._skipped.clear()
-            pending.append((_S, None, now, None))
+            pending.append((_S, None, now, None, None, None))
             return None
         if kind == _X:
             self._closing_by_client = True
@@ -469,22 +510,29 @@ class ClientConnection(asyncio.Protocol):
             decision, event = self.session.decide(
                 Command(PROTOCOL, "function_call", f"fast-path function call oid={oid}", language="opaque"))
             if decision.verdict is _ALLOW:
-                pending.append((_Q, event, now, None))  # answered like a query: result/error, then Z
+                pending.append((_Q, event, now, None, None, None))  # answered like a query: result/error, then Z
                 return None
-            pending.append((_Q, event, now, decision))
+            pending.append((_Q, event, now, decision, None, None))
             return wire.query(REFUSED_STATEMENT)
         if kind not in _EXTENDED:
             raise wire.ProtocolViolation(f"unknown message type {chr(kind)!r}")
+        replacement = None
+        ref = None
+        profile = None
         if kind == _P:
             name, text = wire.parse_parse(data[start:end])
             decision, event = self.session.decide(Command(PROTOCOL, "parse", text, statement_name=name))
-            self._statements[name] = event
             refusal = None if decision.verdict is _ALLOW else decision
+            profile = self._profile(decision) if refusal is None else None
+            if profile is not None:
+                self._tables[event] = decision.tables
+            self._statements[name] = (event, profile)
+            self._statement_layouts.pop(name, None)
             if self._discard_until_sync:
                 # The backend skips to Sync after an error: this statement will not run.
                 self._skip(event)
             else:
-                pending.append((_P, event, now, refusal))
+                pending.append((_P, event, now, refusal, None, None))
             if refusal is None:
                 return None
             # Same statement name, text that cannot parse: the backend answers with an error and
@@ -495,22 +543,53 @@ class ClientConnection(asyncio.Protocol):
                 portal = statement = ""
             else:
                 portal, statement = wire.parse_bind_names(data[start:end])
-            event = self._statements.get(statement)
-            self._portals[portal] = event
+            event, profile = self._statements.get(statement, (None, None))
+            layout = None
+            if profile is not None:
+                described = self._statement_layouts.get(statement)
+                if described is not None:
+                    layout = with_formats(described, wire.parse_bind_result_formats(data[start:end]))
+            self._portals[portal] = (event, profile, layout)
+            profile = None  # BindComplete carries no rows
         elif kind == _E:
             portal = "" if data[start] == 0 else wire.read_cstr(data[start:end], 0)[0]
-            event = self._portals.get(portal)
+            event, profile, layout = self._portals.get(portal, (None, None, None))
+            ref = portal
+            if profile is not None and layout is None and not self._discard_until_sync:
+                # The client never described this portal: ask the backend ourselves, so the rows
+                # can be masked by column; the answer is not passed on.
+                pending.append((_INJECTED_DESCRIBE, event, now, None, profile, portal))
+                replacement = wire.message(b"D", b"P" + wire.cstr(portal)) + data[start - 5:end]
         elif kind == _C:
             target, name = data[start:start + 1], wire.read_cstr(data[start:end], 1)[0]
-            (self._statements if target == b"S" else self._portals).pop(name, None)
+            if target == b"S":
+                self._statements.pop(name, None)
+                self._statement_layouts.pop(name, None)
+            else:
+                self._portals.pop(name, None)
             event = None
         else:  # Describe
-            event = None
+            target, name = data[start:start + 1], wire.read_cstr(data[start:end], 1)[0]
+            source = self._statements if target == b"S" else self._portals
+            entry = source.get(name)
+            event = entry[0] if entry is not None else None
+            profile = entry[1] if entry is not None else None
+            ref = (target, name)
         if not self._discard_until_sync:
-            pending.append((kind, event, now, None))
+            pending.append((kind, event, now, None, profile, ref))
         elif kind == _E and event is not None:
             self._skip(event)
-        return None
+        return replacement
+
+    def _profile(self, decision: Decision):
+        """The masking profile object a decision names (None: results pass through untouched)."""
+        if decision.mask_profile is None:
+            return None
+        bundle = getattr(self.frontend.core.policy, "bundle", None)
+        profile = bundle.masking.get(decision.mask_profile) if bundle is not None else None
+        if profile is None:  # the policy changed under us: fail closed
+            raise wire.ProtocolViolation(f"masking profile {decision.mask_profile!r} is not loaded", "XX000")
+        return profile
 
     def _skip(self, event: str) -> None:
         """Record once that a decided statement did not run (skipped after an error, until Sync)."""
@@ -534,29 +613,48 @@ class ClientConnection(asyncio.Protocol):
             self._backend_skip -= pos
         pieces: list[bytes] | None = None
         flushed = 0
+        pending = self._pending
+        held = False
+        kind = 0
         try:
             while size - pos >= 5:
                 kind = data[pos]
                 length = int.from_bytes(data[pos + 1:pos + 5], "big")
                 end = pos + 1 + length
                 if end > size:
-                    if kind == 68 or kind == 100:  # DataRow / CopyData: stream through
+                    if (kind == 68 or kind == 100) and not (pending and pending[0][4] is not None):
+                        # DataRow / CopyData of a result that is not masked: stream it through.
                         self._backend_skip = end - size
                         pos = size
                         if kind == 68:
                             self._rows += 1
                     break
-                if kind == 68:  # DataRow: counted, never decoded
+                if kind == 68:  # DataRow: counted; decoded only when its result is masked
                     self._rows += 1
+                    if pending and pending[0][4] is not None:
+                        replacement = self._mask_datarow(pending[0], data, pos + 5, end)
+                    else:
+                        replacement = None
                 else:
                     replacement = self._backend_message(kind, data, pos + 5, end)
-                    if replacement is not None:
-                        if pieces is None:
-                            pieces = []
-                        pieces.append(data[flushed:pos])
-                        pieces.append(replacement)
-                        flushed = end
+                if replacement is not None:
+                    if pieces is None:
+                        pieces = []
+                    pieces.append(data[flushed:pos])
+                    pieces.append(replacement)
+                    flushed = end
                 pos = end
+        except _NeedCatalog as need:
+            # Columns must be resolved before this message can be masked: hold the rest of the
+            # stream (from this message on), look them up, then carry on where we stopped.
+            if kind == 68:
+                self._rows -= 1
+            held = True
+            self._hold_backend_reads("catalog")
+            self.loop.create_task(self._resolve_then_resume(need))
+        except wire.ProtocolViolation as exc:
+            self.fatal(exc.sqlstate, f"wardgate: {exc}; the session is closed")
+            return
         except Exception:
             log.exception("unexpected error relaying to client %s", self.peer)
             self.fatal("XX000", "wardgate: internal error; the session is closed")
@@ -565,7 +663,10 @@ class ClientConnection(asyncio.Protocol):
             tail = data[pos:]
             self._backend_tail = [tail]
             self._backend_tail_size = len(tail)
-            self._backend_need = 1 + int.from_bytes(tail[1:5], "big") if len(tail) >= 5 else 5
+            if held:
+                self._backend_need = 0
+            else:
+                self._backend_need = 1 + int.from_bytes(tail[1:5], "big") if len(tail) >= 5 else 5
         if pieces is None:
             outgoing = data[:pos] if pos < size else data
         else:
@@ -574,6 +675,88 @@ class ClientConnection(asyncio.Protocol):
         if outgoing:
             # Results reach the client only after the events describing them are written.
             self.recorder.forward(self.transport, outgoing, self)
+
+    async def _resolve_then_resume(self, need: "_NeedCatalog") -> None:
+        try:
+            if need.relation is not None:
+                await self.catalog.load_relation(need.relation)
+            await self.catalog.load(need.oids)
+        except Exception as exc:  # fail closed: rows we cannot classify are not shown
+            log.warning("catalog lookup for masking failed: %s", exc)
+            self.fatal("XX000", "wardgate: cannot resolve result columns for masking; the session is closed")
+            return
+        if self._closed:
+            return
+        self._release_backend_reads("catalog")
+        self._from_backend(b"")
+
+    # --- masking ----------------------------------------------------------------------------------
+    @property
+    def catalog(self) -> CatalogResolver:
+        return self.frontend.catalog(self.session.resource)
+
+    def _start_masker(self, head: tuple, fields: list) -> None:
+        """Build the masker for the result that starts now (raises _NeedCatalog first if needed)."""
+        missing = self.catalog.missing(f.table_oid for f in fields)
+        if missing:
+            raise _NeedCatalog(missing)
+        self._masker = ResultMasker.build(fields, head[4], self.catalog.column, self._tables.get(head[1], ()),
+                                          self.frontend.masking_key, self._mask_report)
+        self._masker_head = head
+
+    def _mask_datarow(self, head: tuple, data: bytes, start: int, end: int) -> bytes | None:
+        if self._masker_head is not head:
+            layout = None
+            if head[0] == _E:
+                entry = self._portals.get(head[5])
+                layout = entry[2] if entry is not None else None
+            if layout is None:
+                # Rows whose columns we do not know cannot be shown masked: fail closed.
+                raise wire.ProtocolViolation("rows of a masked result arrived without a known layout", "XX000")
+            self._start_masker(head, layout)
+        masker = self._masker
+        if masker is None:
+            return None
+        payload = data[start:end]
+        masked = masker.mask_row(payload)
+        return None if masked is payload else wire.message(b"D", masked)
+
+    def _mask_copy(self, head: tuple, data: bytes, start: int, end: int) -> bytes | None:
+        masker = self._masker if self._masker_head is head else None
+        if masker is None:
+            return None
+        line = data[start:end]
+        masked = masker.mask_copy_line(line, self._copy_csv)
+        return None if masked is line else wire.message(b"d", masked)
+
+    def _finish_masking(self, event: str | None) -> None:
+        if self._mask_report:
+            self.session.note("command.masked", command=event, maskings=self._mask_report.entries(),
+                              controls=["SC-28", "AC-3", "SI-19"])
+            self._mask_report = MaskReport()
+        self._masker = None
+        self._masker_head = None
+
+    def _copy_out_started(self, head: tuple, payload: bytes) -> None:
+        if payload[0] != 0:
+            raise wire.ProtocolViolation("binary COPY of a masked result cannot be masked; use text or CSV",
+                                         "0A000")
+        columns = int.from_bytes(payload[1:3], "big")
+        text = head[5] if head[0] == _Q else None
+        target = copy_target(text) if text else None
+        if target is not None:
+            relation, attnames = target
+            oid = self.catalog.oid_of(relation)
+            if oid is None:
+                raise _NeedCatalog(set(), relation)
+            names = self.catalog.attribute_names(oid)
+            order = attnames or [name for _, name in sorted(names.items())]
+            by_name = {name: num for num, name in names.items()}
+            fields = [Field(name, oid, by_name.get(name, 0), 25, 0) for name in order]
+        else:
+            fields = [Field("?column?", 0, 0, 25, 0) for _ in range(columns)]
+        self._copy_csv = bool(text and _COPY_CSV.search(text))
+        self._start_masker(head, fields)
 
     def _backend_message(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
         pending = self._pending
@@ -585,6 +768,8 @@ class ClientConnection(asyncio.Protocol):
                 if head[0] == _E and self._rows and (rows is None or rows < self._rows):
                     rows = self._rows  # defensive: never report fewer rows than were sent
                 self._rows = 0
+                if head[4] is not None:
+                    self._finish_masking(head[1])
                 self.session.result(head[1], status="ok", rows=rows, tag=tag,
                                     seconds=time.perf_counter() - head[2])
                 if head[0] == _E:
@@ -593,21 +778,53 @@ class ClientConnection(asyncio.Protocol):
         if kind == 90:  # ReadyForQuery
             if head is not None and (head[0] == _S or head[0] == _Q):
                 pending.popleft()
+                if head[4] is not None:
+                    self._tables.pop(head[1], None)
             return None
         if kind == 69:  # ErrorResponse
             return self._backend_error(head, data[start:end])
+        if kind == 100:  # CopyData
+            if head is not None and head[4] is not None:
+                return self._mask_copy(head, data, start, end)
+            return None
         if kind == 49 or kind == 50 or kind == 51:  # ParseComplete, BindComplete, CloseComplete
             if head is not None and head[0] in _EXTENDED:
                 pending.popleft()
             return None
-        if kind == 110 or kind == 84:  # NoData, RowDescription: end a Describe
-            if head is not None and head[0] == _D:
+        if kind == 84:  # RowDescription
+            if head is None:
+                return None
+            if head[0] == _Q:
+                if head[4] is not None:
+                    self._start_masker(head, parse_row_description(data[start:end]))
+                return None
+            if head[0] == _D or head[0] == _INJECTED_DESCRIBE:
+                if head[4] is not None:
+                    self._remember_layout(head, parse_row_description(data[start:end]))
                 pending.popleft()
+                return b"" if head[0] == _INJECTED_DESCRIBE else None
+            return None
+        if kind == 110:  # NoData
+            if head is not None and (head[0] == _D or head[0] == _INJECTED_DESCRIBE):
+                pending.popleft()
+                if head[0] == _INJECTED_DESCRIBE:
+                    self._remember_layout(head, [])
+                    return b""
+            return None
+        if kind == 72:  # CopyOutResponse
+            if head is not None and head[4] is not None:
+                self._copy_out_started(head, data[start:end])
+            return None
+        if kind == 78:  # NoticeResponse
+            if head is not None and head[4] is not None:
+                return self._mask_notice(b"N", head, data[start:end])
             return None
         if kind == 115 or kind == 73:  # PortalSuspended, EmptyQueryResponse
             if head is not None and (head[0] == _E or (kind == 73 and head[0] == _Q)):
                 if head[0] == _E:
                     pending.popleft()
+                if head[4] is not None:
+                    self._finish_masking(head[1])
                 self.session.result(head[1], status="suspended" if kind == 115 else "empty",
                                     rows=self._rows if kind == 115 else 0,
                                     seconds=time.perf_counter() - head[2])
@@ -615,13 +832,51 @@ class ClientConnection(asyncio.Protocol):
             return None
         return None
 
+    def _remember_layout(self, head: tuple, fields: list) -> None:
+        if head[0] == _INJECTED_DESCRIBE:
+            entry = self._portals.get(head[5])
+            if entry is not None:
+                self._portals[head[5]] = (entry[0], entry[1], fields)
+            return
+        target, name = head[5]
+        if target == b"S":
+            self._statement_layouts[name] = fields  # formats come with each Bind
+        else:
+            entry = self._portals.get(name)
+            if entry is not None:
+                self._portals[name] = (entry[0], entry[1], fields)
+
+    def _mask_notice(self, kind: bytes, head: tuple, payload: bytes) -> bytes | None:
+        """Detail and hint of notices and errors can quote values: the same detectors apply."""
+        profile = head[4]
+        if not profile.detectors:
+            return None
+        fields = wire.parse_error_fields(payload)
+        changed = False
+        for code in ("D", "H", "M"):
+            value = fields.get(code)
+            if value:
+                masked = mask_text(value, MaskStrategy.redact(), detectors=profile.detectors,
+                                   report=self._mask_report,
+                                   column=f"{'notice' if kind == b'N' else 'error'}.{code}")
+                if masked is not value:
+                    fields[code] = masked if masked is not None else "[REDACTED]"
+                    changed = True
+        if not changed:
+            return None
+        body = b"".join(code.encode() + wire.cstr(value) for code, value in fields.items()) + b"\x00"
+        return wire.message(kind, body)
+
     def _backend_error(self, head: tuple | None, payload: bytes) -> bytes | None:
         pending = self._pending
         if head is None:
             return None  # e.g. an administrator terminated the backend: pass it on as it is
-        kind, event, started, refusal = head
+        kind, event, started, refusal, profile, _ = head
         replacement = None
         self._rows = 0
+        if profile is not None:
+            replacement = self._mask_notice(b"E", head, payload)
+            self._finish_masking(event)
         if refusal is not None:
             self.session.result(event, status="refused", error={"code": "42501", "message": refusal.message},
                                 seconds=time.perf_counter() - started)

@@ -86,7 +86,7 @@ def filter_startup(parameters: dict[str, str]) -> tuple[dict[str, str], dict[str
             settings.append((key, value))
     options: list[str] = []
     for name, value in settings:
-        if name.lower() == "client_encoding" and value.replace("-", "").replace("_", "").upper() not in _UTF8_NAMES:
+        if name.lower() == "client_encoding" and value.strip("'\"").replace("-", "").replace("_", "").upper() not in _UTF8_NAMES:
             # Statements are decided on their UTF-8 reading; another encoding could make the backend
             # read different text from what the policy saw.
             raise StartupRefused(f"client_encoding {value!r} is not supported through wardgate: use UTF8",

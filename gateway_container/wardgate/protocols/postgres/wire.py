@@ -214,6 +214,22 @@ def parse_bind_names(payload: bytes) -> tuple[str, str]:
     return portal, statement
 
 
+def parse_bind_result_formats(payload: bytes) -> list[int]:
+    """Bind ('B') payload → the result-column format codes (empty: all text)."""
+    _, offset = read_cstr(payload, 0)
+    _, offset = read_cstr(payload, offset)
+    count = int.from_bytes(payload[offset:offset + 2], "big")
+    offset += 2 + 2 * count
+    params = int.from_bytes(payload[offset:offset + 2], "big")
+    offset += 2
+    for _ in range(params):
+        length = int.from_bytes(payload[offset:offset + 4], "big", signed=True)
+        offset += 4 + max(length, 0)
+    results = int.from_bytes(payload[offset:offset + 2], "big")
+    offset += 2
+    return [int.from_bytes(payload[offset + 2 * i:offset + 2 * i + 2], "big") for i in range(results)]
+
+
 def parse_auth_code(payload: bytes) -> int:
     return _I32.unpack_from(payload, 0)[0]
 
