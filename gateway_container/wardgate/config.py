@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
+                      model_validator)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -31,7 +32,10 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"{value!r} is not a duration (use seconds or '30s', '15m', '1h', '2d')")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema({
+    "anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}],
+    "description": "seconds, or a string such as '30s', '15m', '1h', '2d'",
+})]
 
 # Algorithms a trusted issuer may sign with. Never "none"; never HS* (a shared secret would let anyone
 # holding the verification key mint tokens, and HS* with a public key is the classic confusion attack).

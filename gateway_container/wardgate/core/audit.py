@@ -331,8 +331,12 @@ class SessionLog:
             return ""
         self.seq = seq = self.seq + 1
         event_id = f"{self.session_id}-{seq:06d}"
-        own = orjson.dumps({"id": event_id, "time": utc_now_iso(), "type": event_type, "seq": seq, **fields})
-        line = b"".join((own[:-1], self._fixed, b',"prev_hash":"', self.prev_hash, b'"}\n'))
+        # id, session and type are our own ASCII tokens: formatted directly, only `fields` need JSON.
+        own = orjson.dumps(fields)
+        line = b"".join((
+            b'{"id":"%s","time":"%s","type":"%s","seq":%d' % (event_id.encode(), utc_now_iso().encode(),
+                                                               event_type.encode(), seq),
+            b"," + own[1:-1] if len(own) > 2 else b"", self._fixed, b',"prev_hash":"', self.prev_hash, b'"}\n'))
         self.prev_hash = hashlib.sha256(line).hexdigest().encode()
         self.recorder.append(line)
         return event_id

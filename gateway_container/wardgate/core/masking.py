@@ -189,17 +189,19 @@ COLUMN = "column"
 # validator says otherwise. Digits are written [0-9]: the patterns are compiled in Unicode mode (for
 # e-mail local parts) where \d would also match other scripts' digits.
 
+# A PEM body is at most 64 KiB and never runs into the next BEGIN line: an END line is looked for
+# up to there only, so many unterminated BEGIN lines cost linear time, not quadratic.
 _ALTERNATIVES: tuple[tuple[str, str | None, str], ...] = (
     ("pem", "pem_private_key", r"""
         -----BEGIN[ ](?P<pem_label>(?:[A-Z0-9]+[ ])*PRIVATE[ ]KEY(?:[ ]BLOCK)?)-----
-        (?: [\s\S]{0,65536}?-----END[ ](?P=pem_label)-----
+        (?: (?:[^-]|-(?!----BEGIN[ ])){0,65536}?-----END[ ](?P=pem_label)-----
           | [A-Za-z0-9+/=:,\-\s]* )
     """),
     # Not a finding: other PEM blocks (certificates, public keys, CSRs) are public; the scan steps
     # over them whole so that their base64 lines are not taken for high-entropy secrets.
     ("pem_public", None, r"""
         -----BEGIN[ ](?![A-Z0-9 ]*PRIVATE)(?P<pem_public_label>[A-Z0-9]+(?:[ ][A-Z0-9]+){0,5})-----
-        [\s\S]{0,65536}?-----END[ ](?P=pem_public_label)-----
+        (?:[^-]|-(?!----BEGIN[ ])){0,65536}?-----END[ ](?P=pem_public_label)-----
     """),
     ("jwt", "jwt", r"""
         e(?<![A-Za-z0-9_-]e)yJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*
@@ -852,21 +854,21 @@ class MaskStrategy:
         return cls(kind, **options)
 
 
+@lru_cache(maxsize=64)
+def _significant(separators: str) -> re.Pattern[str]:
+    return re.compile(f"[^{re.escape(separators)}]" if separators else r"[\s\S]")
+
+
 def _partial(value: str, strategy: MaskStrategy) -> str:
     separators = strategy.separators
-    significant = sum(1 for c in value if c not in separators)
-    to_mask = significant - min(strategy.keep, significant // 2)
-    if to_mask <= 0:
-        return value
-    out = []
-    mask_char = strategy.mask_char
-    for c in value:
-        if to_mask and c not in separators:
-            out.append(mask_char)
-            to_mask -= 1
-        else:
-            out.append(c)
-    return "".join(out)
+    significant = len(value) - sum(value.count(c) for c in separators)
+    keep = min(strategy.keep, significant // 2)
+    cut = len(value)  # the kept tail starts at the keep-th significant character from the end
+    while keep:
+        cut -= 1
+        if value[cut] not in separators:
+            keep -= 1
+    return _significant(separators).sub(strategy.mask_char, value[:cut]) + value[cut:]
 
 
 def _token(value: str, strategy: MaskStrategy, key: bytes | None) -> str:

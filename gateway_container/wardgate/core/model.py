@@ -67,6 +67,9 @@ class Decision:
     # Masking profile to apply to this command's results (None: pass results through untouched).
     mask_profile: str | None = None
     approval: Approval | None = None
+    # True when the answer depends on the time or the session's age (time-window rules): a prepared
+    # statement is then decided again at each execution.
+    volatile: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,15 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, Protocol, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
+                      model_validator)
+from typing import Annotated
 
 from wardgate.config import Duration
 from wardgate.core.model import Approval, Command, Decision, Principal, Verdict
@@ -49,25 +51,33 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _claim_patterns(value: Any) -> Any:
+    """A claim condition: a glob, a list of globs, or a boolean/number compared as text."""
+    if isinstance(value, bool):
+        return ["true" if value else "false"]
+    if isinstance(value, (int, float)):
+        return [str(value)]
+    if isinstance(value, list):
+        return [("true" if v else "false") if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v
+                for v in value]
+    return _as_list(value)
+
+
+_ONE_OR_MANY = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+# A string or a list of strings in the file; always a list once loaded.
+Globs = Annotated[list[str], BeforeValidator(_as_list), WithJsonSchema(_ONE_OR_MANY)]
+ClaimPatterns = Annotated[list[str], BeforeValidator(_claim_patterns), WithJsonSchema({
+    "anyOf": [{"type": "string"}, {"type": "boolean"}, {"type": "number"},
+              {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "boolean"}, {"type": "number"}]}}]})]
+
+
 class ClaimMatcher(_Strict):
     """All given keys must match. Strings are globs (``acme/*``); a list means any of them."""
 
-    issuer: list[str] | None = None
-    subject: list[str] | None = None
-    groups: list[str] | None = None  # any of the principal's groups matches any glob
-    claims: dict[str, list[str]] = Field(default_factory=dict)
-
-    @field_validator("issuer", "subject", "groups", mode="before")
-    @classmethod
-    def _listify(cls, value: Any) -> Any:
-        return _as_list(value)
-
-    @field_validator("claims", mode="before")
-    @classmethod
-    def _listify_claims(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: _as_list(v) if not isinstance(v, bool) else [str(v).lower()] for k, v in value.items()}
-        return value
+    issuer: Globs | None = None
+    subject: Globs | None = None
+    groups: Globs | None = None  # any of the principal's groups matches any glob
+    claims: dict[str, ClaimPatterns] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _not_empty(self) -> "ClaimMatcher":
@@ -159,8 +169,8 @@ class ApprovalSpec(_Strict):
 class Rule(_Strict):
     name: str
     effect: Literal["allow", "deny", "review"]
-    roles: list[str] = Field(default_factory=lambda: ["*"])
-    resources: list[str] = Field(default_factory=lambda: ["*"])
+    roles: Globs = Field(default_factory=lambda: ["*"])
+    resources: Globs = Field(default_factory=lambda: ["*"])
     environments: list[str] | None = None
     when: When = When()
     message: str | None = None
@@ -168,11 +178,6 @@ class Rule(_Strict):
     approvers: list[str] = Field(default_factory=list)  # roles or groups allowed to approve
     approval: ApprovalSpec = ApprovalSpec()
     mask: str | None = None  # masking profile for results this rule allows
-
-    @field_validator("roles", "resources", mode="before")
-    @classmethod
-    def _listify(cls, value: Any) -> Any:
-        return _as_list(value)
 
     @model_validator(mode="after")
     def _review_needs_approvers(self) -> "Rule":
@@ -303,16 +308,20 @@ class PolicyEngine:
             # Not SQL (e.g. a fast-path function call): only rules without statement conditions apply
             return self._opaque(command, roles, rules)
         time_dependent = any(rule.when.time_dependent for rule in rules)
-        key = (roles, resource, classification.normalized)
+        # Keyed by the classification object itself (the classifier returns the same object for the
+        # same statement shape), and confirmed by identity: two texts that normalize alike but
+        # classify differently have different objects, so neither can borrow the other's decision.
+        key = (roles, resource, id(classification))
         if not time_dependent:
             cached = self._cache.get(key)
-            if cached is not None:
-                return cached
+            if cached is not None and cached[0] is classification:
+                return cached[1]
         decision = self._evaluate(classification, roles, rules, session_started, now)
-        if not time_dependent:
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[key] = decision
+        if time_dependent:
+            return replace(decision, volatile=True)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[key] = (classification, decision)
         return decision
 
     def _opaque(self, command: Command, roles: tuple[str, ...], rules: Sequence[Rule]) -> Decision:

@@ -46,6 +46,7 @@ STARTUP_TIMEOUT = 60.0  # PostgreSQL's authentication_timeout default
 MAX_TOKEN_MESSAGE = 64 * 1024
 # Sent to the backend in place of a refused statement: it cannot parse, so it can never run.
 REFUSED_STATEMENT = "WARDGATE REFUSED"
+_REFUSED_STATEMENT_NAME = "wardgate refused: no such statement"
 
 _Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = b"QPBDECSFHX"
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"dcf"
@@ -526,7 +527,7 @@ class ClientConnection(asyncio.Protocol):
             profile = self._profile(decision) if refusal is None else None
             if profile is not None:
                 self._tables[event] = decision.tables
-            self._statements[name] = (event, profile)
+            self._statements[name] = (event, profile, text, self.frontend.core.policy, decision.volatile)
             self._statement_layouts.pop(name, None)
             if self._discard_until_sync:
                 # The backend skips to Sync after an error: this statement will not run.
@@ -543,7 +544,26 @@ class ClientConnection(asyncio.Protocol):
                 portal = statement = ""
             else:
                 portal, statement = wire.parse_bind_names(data[start:end])
-            event, profile = self._statements.get(statement, (None, None))
+            entry = self._statements.get(statement)
+            event, profile = (entry[0], entry[1]) if entry is not None else (None, None)
+            if entry is not None and (entry[3] is not self.frontend.core.policy or entry[4]):
+                # The policy changed since this statement was prepared, or its decision depends on
+                # the time: decide again before it runs.
+                decision, event = self.session.decide(Command(PROTOCOL, "bind", entry[2], statement_name=statement))
+                if decision.verdict is not _ALLOW:
+                    self._statements[statement] = (event, None, entry[2], self.frontend.core.policy, decision.volatile)
+                    self._portals[portal] = (event, None, None)
+                    if self._discard_until_sync:
+                        self._skip(event)
+                    else:
+                        pending.append((_B, event, now, decision, None, None))
+                    # A statement name that cannot exist: the backend fails the Bind and skips to Sync.
+                    return wire.message(b"B", wire.cstr(portal) + wire.cstr(_REFUSED_STATEMENT_NAME)
+                                        + b"\x00\x00\x00\x00\x00\x00")
+                profile = self._profile(decision)
+                if profile is not None:
+                    self._tables[event] = decision.tables
+                self._statements[statement] = (event, profile, entry[2], self.frontend.core.policy, decision.volatile)
             layout = None
             if profile is not None:
                 described = self._statement_layouts.get(statement)

@@ -1,0 +1,108 @@
+"""Cost of value masking per value: ``scan`` (all detectors, and the ``pii-and-secrets`` profile's
+detectors), ``mask_text`` (scan + mask + report) and ``mask_value`` per strategy.
+
+Prints microseconds per value (best of several rounds) for typical short column values (names, integers
+as text, e-mail addresses, UUIDs, dates) and for 1 KB text blobs, and what that means for a result of
+200k rows x 3 masked columns. Times are CPU time of this process (``time.process_time``, best of
+``--rounds``), so that other processes on a busy machine distort them less; a calibration line (a bare
+Python function call, ``str.lower`` of 1 KB) lets figures from different machines be compared.
+
+    .venv/bin/python bench/masking_speed.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import timeit
+
+from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value, scan
+
+PROFILE = ["email", "credit_card", "us_ssn", "iban", "aws_access_key_id", "aws_secret_access_key", "github_token",
+           "gitlab_token", "jwt", "pem_private_key", "bearer_token"]
+
+PROSE = ("The quarterly report was shipped to the warehouse in Springfield on Tuesday. Order 48213 "
+         "contained 12 items, version 2.31.0 of the firmware, and was delivered to dock 7 at 10.0.0.12 "
+         "by 14:30. Customer feedback was positive; the follow-up call is planned for 2024-03-05. ")
+LOG = ('{"ts":"2024-01-15T10:30:00.123Z","level":"info","req":"550e8400-e29b-41d4-a716-446655440000",'
+       '"path":"/api/v2/orders/48213","status":200,"ms":12.7,"commit":"3f786850e387550fdab836ed7e6dc881de23001b",'
+       '"user_agent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36","bytes":5123} ')
+
+
+def kilobyte(text: str) -> str:
+    return (text * (1024 // len(text) + 1))[:1024]
+
+
+SECRETS = (" Contact jane.doe@example.com, card 4111 1111 1111 1111, key AKIAIOSFODNN7EXAMPLE, "
+           "Authorization: Bearer ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8. ")
+
+CASES: list[tuple[str, str]] = [
+    ("name", "John Smith"),
+    ("int as text", "1234567"),
+    ("bigint as text", "9223372036854775807"),
+    ("decimal", "1234.56"),
+    ("ISO date", "2024-01-15"),
+    ("timestamp", "2024-01-15 10:30:00+00"),
+    ("email", "jane.doe@example.com"),
+    ("UUID", "550e8400-e29b-41d4-a716-446655440000"),
+    ("short text", "Order shipped to warehouse 7"),
+    ("card", "4111 1111 1111 1111"),
+    ("1 KB prose", kilobyte(PROSE)),
+    ("1 KB JSON log", kilobyte(LOG)),
+    ("1 KB + 4 secrets", kilobyte(PROSE)[: 1024 - len(SECRETS)] + SECRETS),
+]
+
+
+def per_call_us(fn, rounds: int, budget: float = 0.2) -> float:
+    timer = timeit.Timer(fn, timer=time.process_time)
+    number, elapsed = timer.autorange()
+    number = max(1, int(number * budget / max(elapsed, 1e-9)))
+    return min(timer.repeat(repeat=rounds, number=number)) / number * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    rounds = args.rounds
+    key = os.urandom(32)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    blob = kilobyte(PROSE)
+    print(f"calibration: python call {per_call_us(lambda: None, rounds) * 1000:.0f} ns, "
+          f"str.lower(1 KB) {per_call_us(blob.lower, rounds):.2f} us; load average {load:.2f}, "
+          f"{os.cpu_count()} CPUs")
+    print()
+    header = f"{'value':18s} {'len':>5s} {'found':>5s} {'scan all':>10s} {'scan profile':>13s} {'mask_text':>10s}"
+    print(header + "   (us per value)")
+    print("-" * len(header))
+    per_value: dict[str, float] = {}
+    for label, value in CASES:
+        report = MaskReport()
+        redact = MaskStrategy.redact()
+        n_found = len(scan(value))
+        t_all = per_call_us(lambda: scan(value), rounds)
+        t_profile = per_call_us(lambda: scan(value, PROFILE), rounds)
+        t_mask = per_call_us(lambda: mask_text(value, redact, report=report, column="c"), rounds)
+        per_value[label] = t_all
+        print(f"{label:18s} {len(value):5d} {n_found:5d} {t_all:10.2f} {t_profile:13.2f} {t_mask:10.2f}")
+
+    print()
+    print("mask_value (whole-column strategies), us per value:")
+    for name, strategy in [("redact", MaskStrategy.redact()), ("partial(4)", MaskStrategy.partial(4)),
+                           ("hash", MaskStrategy.hash()), ("null", MaskStrategy.null())]:
+        short = per_call_us(lambda: mask_value("jane.doe@example.com", strategy, key=key), rounds)
+        card = per_call_us(lambda: mask_value("4111 1111 1111 1111", strategy, key=key), rounds)
+        print(f"  {name:11s} email {short:6.2f}   card {card:6.2f}")
+
+    print()
+    rows = 200_000
+    typical = (per_value["name"] + per_value["email"] + per_value["int as text"]) / 3
+    print(f"200k rows x 3 short columns (name, email, int): ~{typical * 3 * rows / 1e6:.2f} s of scan "
+          f"({typical:.2f} us per value)")
+    print(f"200k rows x 1 KB text column: ~{per_value['1 KB prose'] * rows / 1e6:.1f} s of scan")
+
+
+if __name__ == "__main__":
+    main()
