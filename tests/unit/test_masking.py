@@ -648,6 +648,7 @@ def test_redact() -> None:
     ("+1 (415) 555-2671", "+* (***) ***-2671"),
     ("123-45-6789", "***-**-6789"),
     ("GB82 WEST 1234 5698 7654 32", "**** **** **** **** **54 32"),
+    ("josé@exämple.de", "**********le.de"),
     ("1234", "**34"),         # never more than half is kept
     ("ab", "*b"),
     ("a", "*"),
@@ -661,6 +662,8 @@ def test_partial_options() -> None:
     assert mask_value("4111 1111 1111 1111", MaskStrategy.partial(0)) == "**** **** **** ****"
     assert mask_value("4111 1111 1111 1111", MaskStrategy.partial(2, mask_char="x")) == "xxxx xxxx xxxx xx11"
     assert mask_value("4111 1111 1111 1111", MaskStrategy.partial(4, separators="")) == "***************1111"
+    assert mask_value("4111 1111 1111 1111", MaskStrategy.partial(4, mask_char="•")) == "•••• •••• •••• 1111"
+    assert mask_value("Zoë 0123", MaskStrategy.partial(2, separators=" ")) == "*** **23"
     text = "card 4111 1111 1111 1111."
     assert mask_findings(text, scan(text), MaskStrategy.partial()) == "card **** **** **** 1111."
 

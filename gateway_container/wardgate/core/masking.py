@@ -855,20 +855,31 @@ class MaskStrategy:
 
 
 @lru_cache(maxsize=64)
-def _significant(separators: str) -> re.Pattern[str]:
-    return re.compile(f"[^{re.escape(separators)}]" if separators else r"[\s\S]")
+def _ascii_tables(separators: str, mask_char: str) -> tuple[bytes, bytes] | None:
+    """(separator bytes, byte table masking every other byte) for the ASCII fast path."""
+    if not (separators.isascii() and mask_char.isascii()):
+        return None
+    table = bytes(b if chr(b) in separators else ord(mask_char) for b in range(256))
+    return separators.encode(), table
 
 
 def _partial(value: str, strategy: MaskStrategy) -> str:
-    separators = strategy.separators
-    significant = len(value) - sum(value.count(c) for c in separators)
+    separators, mask_char = strategy.separators, strategy.mask_char
+    tables = _ascii_tables(separators, mask_char) if value.isascii() else None
+    if tables is not None:
+        raw = value.encode()
+        significant = len(raw.translate(None, tables[0]))
+    else:
+        significant = sum(1 for c in value if c not in separators)
     keep = min(strategy.keep, significant // 2)
     cut = len(value)  # the kept tail starts at the keep-th significant character from the end
     while keep:
         cut -= 1
         if value[cut] not in separators:
             keep -= 1
-    return _significant(separators).sub(strategy.mask_char, value[:cut]) + value[cut:]
+    if tables is not None:
+        return raw[:cut].translate(tables[1]).decode() + value[cut:]
+    return "".join(c if c in separators else mask_char for c in value[:cut]) + value[cut:]
 
 
 def _token(value: str, strategy: MaskStrategy, key: bytes | None) -> str:
