@@ -22,6 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from wardgate.core.audit import read_segment
 from wardgate.devtools.harness import GatewayThread
 
 RESOURCE = "orders-prod"
@@ -330,7 +331,7 @@ def test_serve_token_psql_and_sigterm(postgres, workdir: Path) -> None:
 
     events = []
     for path in sorted((workdir / "audit").glob("*.jsonl")):
-        events.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        events.extend(json.loads(line) for line in read_segment(path) if line.strip())
     types = [e["type"] for e in events]
     assert "session.authenticated" in types and "command.decided" in types, types
     authenticated = next(e for e in events if e["type"] == "session.authenticated")

@@ -29,6 +29,8 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
+from wardgate.core.audit import read_segment
+
 from wardgate.devtools.harness import GatewayThread
 
 RESOURCE = "orders-prod"
@@ -724,7 +726,7 @@ def test_audit_trail_of_a_psycopg_session(gateway: GatewayThread) -> None:
     # Hash chain over the exact bytes written.
     session = events[0]["session"]
     spool = gateway.gateway.recorder.spool
-    lines = [line for path in sorted(spool.directory.glob("*.jsonl")) for line in path.read_bytes().splitlines(True)]
+    lines = [line for path in sorted(spool.directory.glob("*.jsonl")) for line in read_segment(path)]
     chain = [(line, orjson.loads(line)) for line in lines if orjson.loads(line)["session"] == session]
     assert [e for _, e in chain] == events
     previous = "0" * 64

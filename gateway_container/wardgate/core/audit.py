@@ -16,6 +16,7 @@ command: nothing runs unrecorded. The next commit tries again, so service resume
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import threading
@@ -54,7 +55,12 @@ def utc_now_iso() -> str:
 class FileSpool:
     """Append-only JSON-lines segments in a local directory (the embedded sink, ``file://DIR``).
 
-    A segment is closed when it reaches ``segment_bytes``; a closed segment is made read-only.
+    Each write is a ``write(2)`` to an ``O_APPEND`` file: once it returns the bytes are in the
+    operating system's page cache and survive a crash or ``kill -9`` of the gateway. (A shared memory
+    mapping avoids the system call but measured slower here: write-protect faults on pages the kernel
+    had written back cost more than the call.) A segment is sealed — fsynced, made read-only — when
+    it reaches ``segment_bytes`` and on close; segments a dead gateway left unsealed are sealed by
+    :meth:`recover` at the next start.
     """
 
     def __init__(self, directory: Path, gateway_id: str, segment_bytes: int = 64 << 20):
@@ -66,34 +72,73 @@ class FileSpool:
         self._size = 0
         self._segment_number = 0
         self._lock = threading.Lock()  # guards fd swaps against the fsync thread
+        self.recovered: list[Path] = []
 
     @property
     def current_path(self) -> Path | None:
         return self._path
 
+    def recover(self) -> list[Path]:
+        """Seal segments left unsealed by a gateway that died (and no longer holds their lock)."""
+        if not self.directory.exists():
+            return []
+        sealed = []
+        for path in sorted(self.directory.glob("*.jsonl")):
+            if not os.stat(path).st_mode & 0o200:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a live gateway is writing it
+            try:
+                os.fsync(fd)
+                os.chmod(path, 0o440)
+                sealed.append(path)
+            finally:
+                os.close(fd)
+        self.recovered = sealed
+        return sealed
+
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._segment_number += 1
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self._path = self.directory / f"{stamp}-{self.gateway_id}-{self._segment_number:06d}.jsonl"
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        self._size = os.fstat(self._fd).st_size
+        while True:  # never append to a segment someone else wrote: a new name each time
+            self._segment_number += 1
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            path = self.directory / f"{stamp}-{self.gateway_id}-{self._segment_number:06d}.jsonl"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+                break
+            except FileExistsError:
+                continue
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells recover() of other gateways: alive
+        self._fd, self._path, self._size = fd, path, 0
 
     def write(self, data: bytes) -> None:
         if self._fd is None:
             self._open()
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        written = os.write(self._fd, data)
+        if written != len(data):  # a short write to a regular file: disk full, quota
+            view = memoryview(data)[written:]
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
         self._size += len(data)
         if self._size >= self.segment_bytes:
             self._seal_current()
 
     def sync(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.fsync(self._fd)
+            fd = os.dup(self._fd) if self._fd is not None else None
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _seal_current(self) -> None:
         with self._lock:
@@ -101,24 +146,36 @@ class FileSpool:
                 return
             fd, path = self._fd, self._path
             self._fd = None
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.chmod(path, 0o440)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(path, 0o440)
 
     def reset_after_error(self) -> None:
-        """Drop a file descriptor that failed, so the next write opens a fresh segment."""
+        """Drop a segment whose write failed, so the next write opens a fresh one."""
         with self._lock:
-            if self._fd is not None:
-                try:
-                    os.close(self._fd)
-                except OSError:
-                    pass
-                self._fd = None
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._seal_current()
+
+
+def read_segment_bytes(path: Path) -> bytes:
+    """A segment's events (anything after a NUL — a torn write of a crashed machine — is not one)."""
+    data = Path(path).read_bytes()
+    end = data.find(b"\x00")
+    return data if end < 0 else data[:end]
+
+
+def read_segment(path: Path) -> list[bytes]:
+    """A segment's event lines (each with its newline, as hashed in the chain)."""
+    return read_segment_bytes(path).splitlines(keepends=True)
 
 
 def open_sink(url: str, base_dir: Path, gateway_id: str) -> FileSpool:
@@ -128,7 +185,9 @@ def open_sink(url: str, base_dir: Path, gateway_id: str) -> FileSpool:
         path = Path(raw)
         if not path.is_absolute():
             path = (base_dir / path).resolve()
-        return FileSpool(path, gateway_id)
+        spool = FileSpool(path, gateway_id)
+        spool.recover()
+        return spool
     raise ValueError(f"audit sink {url!r}: unsupported scheme {parsed.scheme!r} (supported: file://)")
 
 
@@ -139,7 +198,8 @@ class Recorder:
     events to :meth:`forward`. Forwarded bytes wait for the end of the event-loop iteration, when one
     ``write(2)`` (and, in ``always`` mode, one fsync in the writer thread) covers the events of every
     session that produced some in that iteration; then the bytes are released in order. Bytes that
-    depend on no unwritten event go straight through.
+    depend on no unwritten event go straight through. (Measured here: one write per event instead of
+    one per iteration costs about a third more gateway CPU per transaction under 8 clients.)
     """
 
     def __init__(self, spool: FileSpool | None, *, fsync: str = "write", fsync_interval: float = 1.0):

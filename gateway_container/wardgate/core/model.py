@@ -72,20 +72,24 @@ class Decision:
     volatile: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class Command:
     """One thing a client asked a resource to do: an SQL statement, an HTTP request, a git push…
 
-    ``text`` is what the client sent, ``fingerprint`` groups texts that differ only in literals, and
-    ``kind`` is the protocol's own name for the request (``query``, ``parse``…).
+    ``text`` is what the client sent and ``kind`` the protocol's own name for the request
+    (``query``, ``parse``…). ``language`` says how ``text`` is analysed: "sql" (PostgreSQL grammar),
+    or "opaque" for requests with no statement text to parse (a fast-path function call).
+    A plain slotted class: one is made per statement, and a frozen dataclass costs twice as much.
     """
 
-    protocol: str
-    kind: str
-    text: str
-    # How ``text`` is analysed: "sql" (PostgreSQL grammar), or "opaque" for requests with no statement
-    # text to parse (a fast-path function call), which the policy sees as they are.
-    language: str = "sql"
-    fingerprint: str | None = None
-    # For prepared statements: the name the client gave it ("" for the unnamed statement).
-    statement_name: str | None = None
+    __slots__ = ("protocol", "kind", "text", "statement_name", "language")
+
+    def __init__(self, protocol: str, kind: str, text: str, statement_name: str | None = None,
+                 language: str = "sql"):
+        self.protocol = protocol
+        self.kind = kind
+        self.text = text
+        self.statement_name = statement_name
+        self.language = language
+
+    def __repr__(self) -> str:
+        return f"Command({self.protocol!r}, {self.kind!r}, {self.text[:60]!r})"

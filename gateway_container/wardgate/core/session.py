@@ -155,7 +155,7 @@ class Session:
         self.core.observer.decided(self.protocol, decision.verdict)
         return decision, event_id
 
-    def result(self, command_event: str, *, status: str, rows: int | None = None, tag: str | None = None,
+    def result(self, command_event: str, status: str, rows: int | None = None, tag: str | None = None,
                error: dict[str, str] | None = None, seconds: float | None = None) -> None:
         """Record what a decided command did (``ok``, ``error``, ``suspended``, ``refused``)."""
         self.log.emit("command.result", {

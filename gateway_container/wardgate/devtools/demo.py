@@ -35,6 +35,8 @@ from pathlib import Path
 
 import orjson
 
+from wardgate.core.audit import read_segment
+
 from wardgate.devtools.pgserver import ThrowawayPostgres
 
 RESOURCE = "orders-prod"
@@ -219,8 +221,7 @@ def read_events(paths: list[Path]) -> list[tuple[bytes, dict]]:
     """(raw line, event) for every event in ``paths``, in file order."""
     events = []
     for path in paths:
-        with open(path, "rb") as handle:
-            events.extend((line, orjson.loads(line)) for line in handle if line.strip())
+        events.extend((line, orjson.loads(line)) for line in read_segment(path) if line.strip())
     return events
 
 

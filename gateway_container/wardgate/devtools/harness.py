@@ -16,6 +16,7 @@ import orjson
 import uvloop
 
 from wardgate.config import GatewayConfig
+from wardgate.core.audit import read_segment
 from wardgate.server import Gateway
 
 
@@ -126,8 +127,7 @@ class GatewayThread:
             return []
         events = []
         for path in sorted(spool.directory.glob("*.jsonl")):
-            with open(path, "rb") as handle:
-                events.extend(orjson.loads(line) for line in handle if line.strip())
+            events.extend(orjson.loads(line) for line in read_segment(path) if line.strip())
         return events
 
 

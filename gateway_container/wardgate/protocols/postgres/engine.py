@@ -790,8 +790,7 @@ class ClientConnection(asyncio.Protocol):
                 self._rows = 0
                 if head[4] is not None:
                     self._finish_masking(head[1])
-                self.session.result(head[1], status="ok", rows=rows, tag=tag,
-                                    seconds=time.perf_counter() - head[2])
+                self.session.result(head[1], "ok", rows, tag, None, time.perf_counter() - head[2])
                 if head[0] == _E:
                     pending.popleft()
             return None
@@ -800,16 +799,6 @@ class ClientConnection(asyncio.Protocol):
                 pending.popleft()
                 if head[4] is not None:
                     self._tables.pop(head[1], None)
-            return None
-        if kind == 69:  # ErrorResponse
-            return self._backend_error(head, data[start:end])
-        if kind == 100:  # CopyData
-            if head is not None and head[4] is not None:
-                return self._mask_copy(head, data, start, end)
-            return None
-        if kind == 49 or kind == 50 or kind == 51:  # ParseComplete, BindComplete, CloseComplete
-            if head is not None and head[0] in _EXTENDED:
-                pending.popleft()
             return None
         if kind == 84:  # RowDescription
             if head is None:
@@ -823,6 +812,16 @@ class ClientConnection(asyncio.Protocol):
                     self._remember_layout(head, parse_row_description(data[start:end]))
                 pending.popleft()
                 return b"" if head[0] == _INJECTED_DESCRIBE else None
+            return None
+        if kind == 69:  # ErrorResponse
+            return self._backend_error(head, data[start:end])
+        if kind == 100:  # CopyData
+            if head is not None and head[4] is not None:
+                return self._mask_copy(head, data, start, end)
+            return None
+        if kind == 49 or kind == 50 or kind == 51:  # ParseComplete, BindComplete, CloseComplete
+            if head is not None and head[0] in _EXTENDED:
+                pending.popleft()
             return None
         if kind == 110:  # NoData
             if head is not None and (head[0] == _D or head[0] == _INJECTED_DESCRIBE):
