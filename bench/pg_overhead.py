@@ -11,7 +11,16 @@ What it does, in one run:
    every ratio compares runs taken minutes apart at most (``--repeat N`` repeats the whole round
    and reports medians);
 4. opens ``--sessions`` idle authenticated connections through the headline gateway and reports
-   how much its resident memory grew per session.
+   how much its resident memory grew per session;
+5. ``--policy-compare`` (default on): starts one more gateway (same audit mode as the headline one)
+   enforcing ``policies/ai-agent-default/policy.yaml`` and runs the same pgbench rounds through it
+   with an ``ai-agents`` token (role ``agent``, rule ``agents-read``, masking profile
+   ``pii-and-secrets``), next to the allow-all gateway (no policy configured);
+6. ``--masking`` (default on): loads ``bench_people`` (200,000 rows × 10 columns) and times
+   ``psql -At -c 'SELECT * FROM bench_people' > /dev/null`` directly, through a gateway whose
+   policy allows it unmasked, with 2 masked columns (``email`` partial, ``note`` redact, no
+   detectors) and, for information, with the same 2 columns plus the ``email`` and ``credit_card``
+   detectors; median of ``--masking-repeat`` runs (default 3), interleaved.
 
 Reading the table:
 
@@ -23,6 +32,11 @@ Reading the table:
   gateway process, all threads, ÷ transactions) more than any latency it adds.
 * Targets: ratio ≥ 0.50 (simple), ≥ 0.40 (extended); memory < 64 KiB per idle session.
   PASS/FAIL is printed per line; the exit status is 0 regardless unless ``--check`` is given.
+* Policy section: ``ratio`` is policy-gateway TPS ÷ allow-all-gateway TPS of the same protocol in the
+  same round (median over rounds); target ≥ 0.90 (the policy costs at most 10 %).
+* Masking section: seconds of wall-clock time for psql to fetch and print every row (median);
+  ``ratio`` is each gateway path ÷ the unmasked gateway path; target: 2 masked columns cost at
+  most 2× the unmasked gateway time (ratio ≤ 2.00). The detector variant has no target.
 
 Clients use ``sslmode=disable`` on both paths by default (the listener allows a plaintext token
 from loopback), so TLS does not skew the ratio. ``--tls`` makes every client use
@@ -64,6 +78,54 @@ AUDIT_MODES = ("off", "write", "always")
 HEADLINE_MODE = "write"
 GATEWAY_START_TIMEOUT = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_POLICY = REPO_ROOT / "policies" / "ai-agent-default" / "policy.yaml"
+POLICY_GROUPS = "ai-agents"  # role ``agent`` in the default bundle
+TARGET_POLICY_RATIO = 0.90
+MASKING_TABLE = "bench_people"
+MASKING_ROWS = 200_000
+TARGET_MASKING_RATIO = 2.0
+MASKING_POLICY = """\
+# written by bench/pg_overhead.py: one role per masking variant, chosen by the token's group
+version: 1
+name: bench-masking
+roles:
+  plain: {match: [{groups: [bench-plain]}]}
+  masked: {match: [{groups: [bench-masked]}]}
+  detect: {match: [{groups: [bench-detect]}]}
+rules:
+  - name: read-unmasked
+    effect: allow
+    roles: [plain]
+    when: {classes: [read, transaction, session]}
+  - name: read-2-masked-columns
+    effect: allow
+    roles: [masked]
+    when: {classes: [read, transaction, session]}
+    mask: two-columns
+  - name: read-2-masked-columns-detectors
+    effect: allow
+    roles: [detect]
+    when: {classes: [read, transaction, session]}
+    mask: two-columns-detectors
+masking:
+  two-columns:
+    columns:
+      - {match: "*.bench_people.email", strategy: partial}
+      - {match: "*.bench_people.note", strategy: redact}
+  two-columns-detectors:
+    columns:
+      - {match: "*.bench_people.email", strategy: partial}
+      - {match: "*.bench_people.note", strategy: redact}
+    detectors: [email, credit_card]
+"""
+# (label, token group or None for direct, has a target)
+MASKING_PATHS = (
+    ("direct", None),
+    ("gateway, masking off", "bench-plain"),
+    ("gateway, 2 masked columns", "bench-masked"),
+    ("gateway, 2 columns + detectors", "bench-detect"),
+)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -161,6 +223,13 @@ class GatewayProcess:
     token: str = ""
     ca_file: Path | None = None
     output: deque = field(default_factory=lambda: deque(maxlen=200))
+    name: str = ""  # for messages; defaults to the audit mode
+    policy_text: str | None = None  # a policy bundle to enforce; None: allow-all (no policy configured)
+    groups: str = "dev"  # group(s) of the token minted at start
+    env: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.mode
 
     @property
     def config_path(self) -> Path:
@@ -176,8 +245,12 @@ class GatewayProcess:
         else:
             audit = f"audit:\n  sink: file://{self.directory / 'audit'}\n  fsync: {self.mode}"
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.policy_text is not None:
+            policy_file = self.directory / "policy.yaml"
+            policy_file.write_text(self.policy_text)
+            audit += f"\npolicy: {{file: {policy_file}, watch: false}}"
         self.config_path.write_text(f"""\
-# written by bench/pg_overhead.py (audit mode: {self.mode})
+# written by bench/pg_overhead.py ({self.name}; audit mode: {self.mode})
 listeners:
   - protocol: postgres
     address: 127.0.0.1:{self.port}
@@ -199,7 +272,7 @@ resources:
 
     def start(self, pg: ThrowawayPostgres) -> None:
         self.write_config(pg)
-        env = clean_env(**{PASSWORD_ENV: pg.service_password})
+        env = self.env = clean_env(**{PASSWORD_ENV: pg.service_password})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wardgate.cli", "serve", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -213,18 +286,21 @@ resources:
                 if line.startswith("wardgate: control port on"):
                     ready.set()
 
-        threading.Thread(target=pump, name=f"gateway-{self.mode}-output", daemon=True).start()
+        threading.Thread(target=pump, name=f"gateway-{self.name}-output", daemon=True).start()
         deadline = time.monotonic() + GATEWAY_START_TIMEOUT
         while not ready.wait(0.1):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway ({self.mode}) did not start:\n" + "\n".join(self.output))
+                raise RuntimeError(f"the gateway ({self.name}) did not start:\n" + "\n".join(self.output))
         self.ca_file = self.directory / "state" / "dev-ca.pem"
-        self.token = subprocess.run(
+        self.token = self.mint_token(self.groups)
+        print(f"  gateway [{self.name}] pid {self.pid} on 127.0.0.1:{self.port}", flush=True)
+
+    def mint_token(self, groups: str) -> str:
+        return subprocess.run(
             [sys.executable, "-m", "wardgate.cli", "token", "--config", str(self.config_path),
-             "--sub", CLIENT_USER, "--groups", "dev", "--ttl", "1h"],
-            check=True, capture_output=True, text=True, env=env,
+             "--sub", CLIENT_USER, "--groups", groups, "--ttl", "1h"],
+            check=True, capture_output=True, text=True, env=self.env,
         ).stdout.strip()
-        print(f"  gateway [{self.mode}] pid {self.pid} on 127.0.0.1:{self.port}", flush=True)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -245,7 +321,7 @@ resources:
 class Endpoint:
     """Where pgbench connects: PostgreSQL itself or a gateway."""
 
-    path: str  # "direct" or "gateway"
+    path: str  # "direct", "gateway" (allow-all) or "policy" (the default policy bundle)
     mode: str  # audit mode of the gateway; "-" for direct
     host: str
     port: int
@@ -343,9 +419,137 @@ def measure_idle_sessions(endpoint: Endpoint, sessions: int) -> dict:
             "pass": per_session < TARGET_KIB_PER_SESSION}
 
 
+# --------------------------------------------------------------------------------------- masking
+MASKING_COLUMNS = ("id", "name", "email", "phone", "city", "note", "amount", "created", "flag", "code")
+
+
+def create_masking_table(pg: ThrowawayPostgres, rows: int) -> None:
+    """``bench_people``: ``rows`` rows × 10 columns, owned by the gateway's service account."""
+    pg.run_sql(f"""\
+DROP TABLE IF EXISTS {MASKING_TABLE};
+CREATE TABLE {MASKING_TABLE} (
+    id int PRIMARY KEY, name text, email text, phone text, city text, note text,
+    amount numeric(12, 2), created timestamptz, flag bool, code text);
+INSERT INTO {MASKING_TABLE}
+SELECT i,
+       'Person ' || i,
+       'person' || i || '@example.com',
+       '+1-555-' || lpad((i % 10000)::text, 4, '0'),
+       (ARRAY['Springfield', 'Shelbyville', 'Ogdenville', 'North Haverbrook'])[1 + i % 4],
+       'Customer ' || i || ' prefers deliveries before noon; call ahead',
+       round(((i * 7919) % 1000000) / 100.0, 2),
+       timestamptz '2024-01-01 00:00:00+00' + i * interval '1 minute',
+       i % 2 = 0,
+       'C-' || to_hex((i::bigint * 2654435761) % 4294967296)
+FROM generate_series(1, {rows}) AS i;
+VACUUM ANALYZE {MASKING_TABLE};
+""", user=pg.service_user, password=pg.service_password, dbname=pg.dbname)
+
+
+def run_psql(psql: Path, endpoint: Endpoint, sql: str, capture: bool) -> tuple[float, float | None, str]:
+    """Run one query with psql (simple protocol, unaligned, tuples only); return (wall seconds,
+    gateway CPU seconds, stdout if ``capture``). The output of a timed run goes to /dev/null."""
+    pid = endpoint.gateway.pid if endpoint.gateway is not None else None
+    cpu_before = process_cpu_seconds(pid) if pid else 0.0
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [str(psql), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", endpoint.host,
+         "-p", str(endpoint.port), "-U", endpoint.user, "-d", endpoint.dbname, "-c", sql],
+        env=endpoint.env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600,
+    )
+    elapsed = time.perf_counter() - started
+    cpu = process_cpu_seconds(pid) - cpu_before if pid else None
+    if proc.returncode != 0:
+        raise RuntimeError(f"psql exit {proc.returncode}: {proc.stderr.decode(errors='replace').strip()[-400:]}")
+    return elapsed, cpu, proc.stdout.decode() if capture else ""
+
+
+def verify_masking(psql: Path, endpoints: dict[str, Endpoint]) -> dict:
+    """First row (by id) through every path: unmasked paths must show what PostgreSQL has; masked
+    paths must change ``email`` and ``note`` and nothing else. Also warms the gateway's catalog cache."""
+    sql = f"SELECT * FROM {MASKING_TABLE} ORDER BY id LIMIT 1"
+    first = {label: dict(zip(MASKING_COLUMNS, run_psql(psql, ep, sql, True)[2].rstrip("\n").split("|")))
+             for label, ep in endpoints.items()}
+    original = first["direct"]
+    problems = []
+    for label, row in first.items():
+        masked = label not in ("direct", "gateway, masking off")
+        for column in MASKING_COLUMNS:
+            changed = row.get(column) != original.get(column)
+            if column in ("email", "note") and masked and not changed:
+                problems.append(f"{label}: {column} not masked ({row.get(column)!r})")
+            elif (column not in ("email", "note") or not masked) and changed:
+                problems.append(f"{label}: {column} changed ({original.get(column)!r} → {row.get(column)!r})")
+    return {"first_row": {label: {"email": row.get("email"), "note": row.get("note")} for label, row in first.items()},
+            "problems": problems, "pass": not problems}
+
+
+def run_masking_benchmark(pg: ThrowawayPostgres, workdir: Path, args: argparse.Namespace, audit_mode: str,
+                          sslmode: str, direct: Endpoint) -> dict:
+    psql = pg.binary("psql")
+    print(f"masking: loading {MASKING_TABLE} ({args.masking_rows} rows × {len(MASKING_COLUMNS)} columns) …",
+          flush=True)
+    started = time.monotonic()
+    create_masking_table(pg, args.masking_rows)
+    print(f"  loaded in {time.monotonic() - started:.1f}s", flush=True)
+    gateway = GatewayProcess(audit_mode, workdir / "gateway-masking", free_port(), free_port(),
+                             name=f"{audit_mode}+masking-policy", policy_text=MASKING_POLICY, groups="bench-plain")
+    result: dict = {"table": MASKING_TABLE, "rows": args.masking_rows, "columns": len(MASKING_COLUMNS),
+                    "audit": audit_mode, "client": "psql -X -A -t -c (simple protocol, text), output to /dev/null",
+                    "repeat": args.masking_repeat, "target_ratio": TARGET_MASKING_RATIO}
+    try:
+        gateway.start(pg)
+        endpoints: dict[str, Endpoint] = {}
+        for label, groups in MASKING_PATHS:
+            if groups is None:
+                endpoints[label] = direct
+            else:
+                token = gateway.token if groups == gateway.groups else gateway.mint_token(groups)
+                endpoints[label] = Endpoint("gateway", audit_mode, "127.0.0.1", gateway.port, CLIENT_USER,
+                                            RESOURCE, token, sslmode, gateway.ca_file if args.tls else None,
+                                            gateway)
+        result["verification"] = verify_masking(psql, endpoints)
+        sql = f"SELECT * FROM {MASKING_TABLE}"
+        samples: dict[str, list[tuple[float, float | None]]] = {label: [] for label in endpoints}
+        for repetition in range(args.masking_repeat):
+            order = list(endpoints) if repetition % 2 == 0 else list(reversed(endpoints))
+            for label in order:
+                if not gateway.alive():
+                    raise RuntimeError("the masking gateway died:\n" + "\n".join(gateway.output))
+                elapsed, cpu, _ = run_psql(psql, endpoints[label], sql, False)
+                samples[label].append((elapsed, cpu))
+                cpu_text = f", gateway CPU {cpu:.2f}s" if cpu is not None else ""
+                print(f"  {repetition + 1}/{args.masking_repeat} {label:<31} {elapsed:.2f}s{cpu_text}", flush=True)
+        lines = []
+        for label, groups in MASKING_PATHS:
+            seconds = statistics.median(s for s, _ in samples[label])
+            cpus = [c for _, c in samples[label] if c is not None]
+            lines.append({"path": label, "token_groups": groups, "runs_s": [round(s, 4) for s, _ in samples[label]],
+                          "seconds": seconds, "gateway_cpu_s": statistics.median(cpus) if cpus else None})
+        by_label = {line["path"]: line for line in lines}
+        direct_s, unmasked_s = by_label["direct"]["seconds"], by_label["gateway, masking off"]["seconds"]
+        for line in lines:
+            line["vs_direct"] = line["seconds"] / direct_s
+            if line["path"] != "direct":
+                line["ratio"] = line["seconds"] / unmasked_s  # ÷ the unmasked gateway path
+            if line["path"] == "gateway, 2 masked columns":
+                line["target"] = TARGET_MASKING_RATIO
+                line["pass"] = line["ratio"] <= TARGET_MASKING_RATIO
+        result["summary"] = lines
+        result["pass"] = bool(by_label["gateway, 2 masked columns"]["pass"] and result["verification"]["pass"])
+    except Exception as exc:  # report, and still print the rest
+        result["error"] = repr(exc)
+        result["pass"] = False
+    finally:
+        gateway.stop()
+    return result
+
+
 # --------------------------------------------------------------------------------------- summary
 def summarize(runs: list[Run]) -> list[dict]:
     """One line per (path, mode, protocol): medians over rounds; ratio = median of per-round ratios."""
+    runs = [r for r in runs if r.path in ("direct", "gateway")]
     direct = {(r.protocol, r.round): r for r in runs if r.path == "direct" and r.tps}
     keys: list[tuple[str, str, str]] = []
     for r in runs:
@@ -419,6 +623,99 @@ def print_table(lines: list[dict], memory: dict | None, args: argparse.Namespace
                   f"{'PASS' if memory['pass'] else 'FAIL'}")
 
 
+def summarize_policy(runs: list[Run], baseline_mode: str, protocols: list[str]) -> list[dict]:
+    """One line per protocol: the policy gateway against the allow-all gateway of the same audit mode;
+    ratio = median over rounds of policy TPS ÷ allow-all TPS of the same round."""
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    lines = []
+    for protocol in protocols:
+        allow = {r.round: r for r in runs
+                 if r.path == "gateway" and r.mode == baseline_mode and r.protocol == protocol and r.tps}
+        direct = {r.round: r for r in runs if r.path == "direct" and r.protocol == protocol and r.tps}
+        group = [r for r in runs if r.path == "policy" and r.protocol == protocol]
+        if not group:
+            continue
+        ratio = median(r.tps / allow[r.round].tps for r in group if r.tps and r.round in allow)
+        lines.append({
+            "audit": baseline_mode, "protocol": protocol, "rounds": len(group),
+            "allow_all_tps": median(r.tps for r in allow.values()),
+            "policy_tps": median(r.tps for r in group),
+            "ratio": ratio,
+            "ratio_vs_direct": median(r.tps / direct[r.round].tps for r in group if r.tps and r.round in direct),
+            "latency_ms": median(r.latency_ms for r in group),
+            "allow_all_cpu_us_per_txn": median(r.gateway_cpu_us_per_txn for r in allow.values()),
+            "policy_cpu_us_per_txn": median(r.gateway_cpu_us_per_txn for r in group),
+            "target": TARGET_POLICY_RATIO,
+            "pass": ratio is not None and ratio >= TARGET_POLICY_RATIO,
+            "errors": [r.error for r in group if r.error],
+        })
+    return lines
+
+
+def _us(value) -> str:
+    return _fmt(value, ".1f") + (" µs" if value is not None else "")
+
+
+def print_policy_table(lines: list[dict], args: argparse.Namespace) -> None:
+    policy = args.policy
+    try:
+        policy = policy.relative_to(REPO_ROOT)
+    except ValueError:
+        pass
+    print(f"\npolicy: {policy} (token groups {args.policy_groups}) vs the allow-all gateway "
+          f"(no policy), same audit mode, same rounds\n")
+    header = f"{'audit':<7} {'protocol':<9} {'allow-all':>9} {'policy':>9} {'ratio':>7} {'vs direct':>9} " \
+             f"{'latency':>10} {'gw CPU/txn':>11} {'(allow-all)':>11}  {'target':<8} result"
+    print(header)
+    print("-" * len(header))
+    for line in lines:
+        result = "PASS" if line["pass"] else "FAIL"
+        if line["errors"]:
+            result += f" ({len(line['errors'])} failed run(s))"
+        print(f"{line['audit']:<7} {line['protocol']:<9} {_fmt(line['allow_all_tps'], '9.0f'):>9} "
+              f"{_fmt(line['policy_tps'], '9.0f'):>9} "
+              f"{_fmt(line['ratio'], '6.2f') + ('×' if line['ratio'] is not None else ''):>7} "
+              f"{_fmt(line['ratio_vs_direct'], '6.2f') + ('×' if line['ratio_vs_direct'] is not None else ''):>9} "
+              f"{_fmt(line['latency_ms'], '.3f') + ' ms':>10} {_us(line['policy_cpu_us_per_txn']):>11} "
+              f"{_us(line['allow_all_cpu_us_per_txn']):>11}  {'≥ ' + format(line['target'], '.2f'):<8} {result}")
+    for line in lines:
+        for error in line["errors"]:
+            print(f"  ! policy {line['audit']} {line['protocol']}: {error}")
+    print(f"\ntarget: policy TPS ≥ {TARGET_POLICY_RATIO:.2f}× allow-all TPS (ratio); 'vs direct' is for information")
+
+
+def print_masking_table(result: dict) -> None:
+    print(f"\nmasking: SELECT * FROM {result['table']} ({result['rows']} rows × {result['columns']} columns), "
+          f"{result['client']}, audit {result['audit']}, median of {result['repeat']}\n")
+    if "summary" in result:
+        header = f"{'path':<31} {'seconds':>8} {'ratio':>7} {'vs direct':>9} {'gw CPU':>8}  {'target':<8} result"
+        print(header)
+        print("-" * len(header))
+        for line in result["summary"]:
+            ratio = line.get("ratio")
+            target = f"≤ {line['target']:.2f}" if "target" in line else ""
+            result_text = ("PASS" if line["pass"] else "FAIL") if "pass" in line else ""
+            print(f"{line['path']:<31} {line['seconds']:>8.3f} "
+                  f"{_fmt(ratio, '6.2f') + ('×' if ratio is not None else ''):>7} "
+                  f"{_fmt(line['vs_direct'], '6.2f') + '×':>9} "
+                  f"{_fmt(line['gateway_cpu_s'], '.2f') + (' s' if line['gateway_cpu_s'] is not None else ''):>8}  "
+                  f"{target:<8} {result_text}")
+        print(f"\ntarget: 2 masked columns ≤ {TARGET_MASKING_RATIO:.2f}× the unmasked gateway's time (ratio); "
+              "the detector variant (email, credit_card) is for information")
+    verification = result.get("verification")
+    if verification is not None:
+        rows = "; ".join(f"{label}: email {row['email']!r}, note {row['note']!r}"
+                         for label, row in verification["first_row"].items())
+        print(f"first row: {rows}")
+        print("masking verified: " + ("PASS" if verification["pass"] else "FAIL — " + "; ".join(verification["problems"])))
+    if "error" in result:
+        print(f"masking: FAIL ({result['error']})")
+
+
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -436,6 +733,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tls", action="store_true", help="clients use sslmode=verify-full on both paths")
     parser.add_argument("--sessions", type=int, default=150,
                         help="idle sessions for the memory measurement (0: skip; the server allows 200)")
+    parser.add_argument("--policy-compare", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run pgbench through a gateway enforcing --policy (default on; "
+                             "--no-policy-compare skips it)")
+    parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY,
+                        help="policy bundle for the comparison (default policies/ai-agent-default/policy.yaml)")
+    parser.add_argument("--policy-groups", default=POLICY_GROUPS,
+                        help=f"token group(s) for the policy gateway (default {POLICY_GROUPS})")
+    parser.add_argument("--masking", action=argparse.BooleanOptionalAction, default=True,
+                        help="time SELECT * of a 10-column table directly, through an unmasked and a masking "
+                             "gateway (default on; --no-masking skips it)")
+    parser.add_argument("--masking-rows", type=int, default=MASKING_ROWS,
+                        help=f"rows of the masking table (default {MASKING_ROWS})")
+    parser.add_argument("--masking-repeat", type=int, default=3, help="runs per masking path; median (default 3)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 if any line misses its target")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, audit files)")
@@ -447,6 +757,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.protocol_list = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if any(p not in TARGET_RATIO for p in args.protocol_list):
         parser.error("--protocols: choose from simple,extended")
+    if args.policy_compare and not args.policy.is_file():
+        parser.error(f"--policy: {args.policy} is not a file")
+    if args.masking_repeat < 1 or args.masking_rows < 1:
+        parser.error("--masking-repeat and --masking-rows must be at least 1")
     if args.sessions > 190:
         parser.error("--sessions: the throwaway server allows 200 connections; use at most 190")
     return args
@@ -473,6 +787,16 @@ def main(argv: list[str] | None = None) -> int:
 
         memory = None
         headline = next((e for e in endpoints if e.mode == HEADLINE_MODE), endpoints[-1])
+        measured = list(endpoints)
+        if args.policy_compare:
+            # Same audit mode as the headline allow-all gateway, so the ratio isolates the policy.
+            gateway = GatewayProcess(headline.mode, workdir / f"gateway-{headline.mode}-policy", free_port(),
+                                     free_port(), name=f"{headline.mode}+policy",
+                                     policy_text=args.policy.read_text(), groups=args.policy_groups)
+            gateways.append(gateway)
+            gateway.start(pg)
+            measured.append(Endpoint("policy", headline.mode, "127.0.0.1", gateway.port, CLIENT_USER, RESOURCE,
+                                     gateway.token, sslmode, gateway.ca_file if args.tls else None, gateway))
         if args.sessions > 0:
             # First, on a fresh gateway: pgbench's sessions would leave freed memory to reuse.
             print(f"memory: {args.sessions} idle sessions through gateway [{headline.mode}] …", flush=True)
@@ -483,27 +807,38 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.warmup > 0:
             print(f"warm-up: {args.warmup}s per endpoint …", flush=True)
-            for endpoint in endpoints:
+            for endpoint in measured:
                 run_pgbench(pgbench, endpoint, args.protocol_list[0], args.warmup, args.clients, args.jobs)
 
         runs: list[Run] = []
         for round_number in range(args.repeat):
             for protocol in args.protocol_list:
                 # Interleave: direct next to each gateway, alternating the order between rounds.
-                order = endpoints if round_number % 2 == 0 else list(reversed(endpoints))
+                order = measured if round_number % 2 == 0 else list(reversed(measured))
                 for endpoint in order:
                     if endpoint.gateway is not None and not endpoint.gateway.alive():
-                        raise RuntimeError(f"the gateway ({endpoint.mode}) died:\n"
+                        raise RuntimeError(f"the gateway ({endpoint.gateway.name}) died:\n"
                                            + "\n".join(endpoint.gateway.output))
                     run = run_pgbench(pgbench, endpoint, protocol, args.duration, args.clients, args.jobs,
                                       round_number)
                     runs.append(run)
-                    label = f"{endpoint.path}[{endpoint.mode}]" if endpoint.gateway else "direct"
+                    label = f"gateway[{endpoint.gateway.name}]" if endpoint.gateway else "direct"
                     status = f"{run.tps:.0f} TPS" if run.tps else run.error
                     print(f"  round {round_number + 1}/{args.repeat} {protocol:<8} {label:<16} {status}", flush=True)
 
+        masking = None
+        if args.masking:
+            for gateway in gateways:  # idle from now on; stop them so that only the masking gateway runs
+                gateway.stop()
+            masking = run_masking_benchmark(pg, workdir, args, headline.mode, sslmode, direct)
+
         lines = summarize(runs)
         print_table(lines, memory, args)
+        policy_lines = summarize_policy(runs, headline.mode, args.protocol_list) if args.policy_compare else None
+        if policy_lines is not None:
+            print_policy_table(policy_lines, args)
+        if masking is not None:
+            print_masking_table(masking)
         if args.json:
             results = {
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -511,13 +846,23 @@ def main(argv: list[str] | None = None) -> int:
                             "python": platform.python_version()},
                 "settings": {"duration_s": args.duration, "clients": args.clients, "jobs": args.jobs,
                              "scale": args.scale, "repeat": args.repeat, "audit_modes": args.modes,
-                             "client_sslmode": sslmode, "pgbench": str(pgbench)},
-                "targets": {"ratio": TARGET_RATIO, "kib_per_idle_session": TARGET_KIB_PER_SESSION},
-                "summary": lines, "memory": memory, "runs": [asdict(r) for r in runs],
+                             "client_sslmode": sslmode, "pgbench": str(pgbench),
+                             "policy_compare": args.policy_compare,
+                             "policy": str(args.policy) if args.policy_compare else None,
+                             "policy_groups": args.policy_groups if args.policy_compare else None,
+                             "masking": args.masking, "masking_rows": args.masking_rows,
+                             "masking_repeat": args.masking_repeat},
+                "targets": {"ratio": TARGET_RATIO, "kib_per_idle_session": TARGET_KIB_PER_SESSION,
+                            "policy_ratio_min": TARGET_POLICY_RATIO, "masking_ratio_max": TARGET_MASKING_RATIO},
+                "summary": lines, "memory": memory,
+                "policy_compare": policy_lines, "masking": masking,
+                "runs": [asdict(r) for r in runs],
             }
             args.json.write_text(json.dumps(results, indent=2) + "\n")
             print(f"results written to {args.json}")
-        failed = any(line.get("pass") is False for line in lines) or (memory is not None and not memory["pass"])
+        failed = (any(line.get("pass") is False for line in lines + (policy_lines or []))
+                  or (memory is not None and not memory["pass"])
+                  or (masking is not None and not masking["pass"]))
         return 1 if (args.check and failed) else 0
     finally:
         for gateway in gateways:

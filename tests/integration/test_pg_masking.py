@@ -165,3 +165,39 @@ def test_results_without_a_profile_pass_untouched(postgres, gateway):
                      f"GRANT ALL ON {table} TO wardgate_svc;", dbname="orders")
     with psycopg.connect(gateway.dsn(gateway.token(), "orders-prod")) as conn:
         assert conn.execute(f"SELECT email FROM {table}").fetchone() == (EMAIL,)
+
+
+LIMITED = textwrap.dedent("""
+    version: 1
+    name: row-limit-test
+    roles:
+      agent: {match: [{groups: [ai-agents]}]}
+    rules:
+      - name: agents-read-a-little
+        effect: allow
+        roles: [agent]
+        when: {classes: [read, transaction]}
+        max_rows: 5
+""")
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_max_rows_withholds_the_rest_and_closes_the_session(make_gateway, prepare):
+    """A result over the rule's max_rows: the client gets at most that many rows, then a clear
+    error, and the session closes (nothing half-read keeps running)."""
+    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"wardgate-limit-{uuid.uuid4().hex[:8]}"
+    directory.mkdir()
+    (directory / "policy.yaml").write_text(LIMITED)
+    gateway = make_gateway(policy={"file": str(directory / "policy.yaml")})
+    token = gateway.token("agent-2", groups=("ai-agents",))
+    with psycopg.connect(gateway.dsn(token, "orders-prod")) as conn:
+        assert conn.execute("SELECT g FROM generate_series(1, 5) g", prepare=prepare).fetchall() == [(g,) for g in range(1, 6)]
+        received = []
+        with pytest.raises(psycopg.OperationalError, match="exceeds the 5 rows rule agents-read-a-little"):
+            with conn.cursor() as cursor:
+                for row in cursor.stream("SELECT g FROM generate_series(1, 100000) g"):
+                    received.append(row)
+        assert len(received) <= 5
+        assert conn.closed or conn.broken
+    events = gateway.audit_events()
+    assert any(e["type"] == "command.result" and e["status"] == "limit_exceeded" and e["rows"] == 5 for e in events)

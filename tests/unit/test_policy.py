@@ -962,3 +962,29 @@ def test_cli_validate_missing_file(tmp_path):
     result = run_cli("policy", "validate", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
     assert "missing.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_statements_needing_different_masks_are_refused_and_max_rows_takes_the_smallest():
+    engine = parse_policy(b"""
+version: 1
+name: t
+roles: {agent: {match: [{groups: [a]}]}}
+rules:
+  - {name: people, effect: allow, roles: [agent], when: {classes: [read], tables: [people]}, mask: p1, max_rows: 10}
+  - {name: cards, effect: allow, roles: [agent], when: {classes: [read], tables: [cards]}, mask: p2, max_rows: 3}
+  - {name: plain, effect: allow, roles: [agent], when: {classes: [read], tables: [things]}, max_rows: 7}
+masking:
+  p1: {detectors: [email]}
+  p2: {detectors: [credit_card]}
+""")
+    principal = Principal("https://i", "s", groups=("a",))
+
+    def decide(sql):
+        return engine.decide(principal, "r", Command("postgres", "query", sql), classify(sql),
+                             session_started=0, now=0)
+
+    mixed = decide("SELECT * FROM people; SELECT * FROM cards")
+    assert mixed.verdict is Verdict.DENY and mixed.rule == "builtin:conflicting-masks"
+    one = decide("SELECT * FROM people; SELECT * FROM things")
+    assert one.verdict is Verdict.ALLOW and one.mask_profile == "p1" and one.max_rows == 7
+    assert decide("SELECT * FROM things").max_rows == 7 and decide("SELECT * FROM things").mask_profile is None

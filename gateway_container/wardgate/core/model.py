@@ -70,6 +70,8 @@ class Decision:
     # True when the answer depends on the time or the session's age (time-window rules): a prepared
     # statement is then decided again at each execution.
     volatile: bool = False
+    # The most rows a result of this command may return to the client (None: no limit).
+    max_rows: int | None = None
 
 
 class Command:

@@ -178,6 +178,9 @@ class Rule(_Strict):
     approvers: list[str] = Field(default_factory=list)  # roles or groups allowed to approve
     approval: ApprovalSpec = ApprovalSpec()
     mask: str | None = None  # masking profile for results this rule allows
+    # At most this many rows of a result this rule allows reach the client; past it the rest is
+    # withheld and the session closed (nothing half-read is left running).
+    max_rows: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _review_needs_approvers(self) -> "Rule":
@@ -185,6 +188,8 @@ class Rule(_Strict):
             raise ValueError(f"rule {self.name!r}: effect 'review' needs approvers")
         if self.effect != "allow" and self.mask is not None:
             raise ValueError(f"rule {self.name!r}: only allow rules take a mask profile")
+        if self.effect != "allow" and self.max_rows is not None:
+            raise ValueError(f"rule {self.name!r}: only allow rules take max_rows")
         return self
 
 
@@ -336,13 +341,23 @@ class PolicyEngine:
         if not classification.statements:
             return Decision(Verdict.ALLOW, "builtin:empty-statement", "", ("AC-3",), roles=roles)
         worst: _Verdict | None = None
-        masks: list[str] = []
+        masks: set[str] = set()
+        limits: list[int] = []
         for statement in classification.statements:
             result = self._statement_verdict(statement, classification, rules, session_started, now)
-            if result.verdict is Verdict.ALLOW and result.rule is not None and result.rule.mask:
-                masks.append(result.rule.mask)
+            if result.verdict is Verdict.ALLOW and result.rule is not None:
+                if result.rule.mask:
+                    masks.add(result.rule.mask)
+                if result.rule.max_rows is not None:
+                    limits.append(result.rule.max_rows)
             if worst is None or _SEVERITY[result.verdict] > _SEVERITY[worst.verdict]:
                 worst = result
+        if len(masks) > 1 and worst.verdict is Verdict.ALLOW:
+            # One result stream, one profile: rather than mask with only one of them, refuse.
+            return Decision(Verdict.DENY, "builtin:conflicting-masks",
+                            f"the statements of this command need different masking profiles "
+                            f"({', '.join(sorted(masks))}); send them separately", ("AC-3", "SC-28"),
+                            classes, tables, roles)
         rule = worst.rule
         controls = tuple(rule.controls) if rule is not None and rule.controls else DEFAULT_CONTROLS[worst.verdict.value]
         approval = None
@@ -351,8 +366,9 @@ class PolicyEngine:
             approval = Approval(tuple(rule.approvers), spec.scope, spec.duration, spec.quorum, spec.timeout)
         return Decision(worst.verdict, rule.name if rule is not None else "builtin:no-matching-rule",
                         worst.message, controls, classes, tables, roles,
-                        mask_profile=masks[0] if masks and worst.verdict is Verdict.ALLOW else None,
-                        approval=approval)
+                        mask_profile=next(iter(masks)) if masks and worst.verdict is Verdict.ALLOW else None,
+                        approval=approval,
+                        max_rows=min(limits) if limits and worst.verdict is Verdict.ALLOW else None)
 
     def _statement_verdict(self, statement, classification: Classification, rules: Sequence[Rule],
                            session_started: float, now: float) -> _Verdict:

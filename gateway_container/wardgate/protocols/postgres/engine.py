@@ -58,6 +58,15 @@ _INJECTED_DESCRIBE = -1
 _COPY_CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
 
 
+class _LimitExceeded(Exception):
+    def __init__(self, limit: tuple[int, str]):
+        self.limit = limit
+
+
+def _drop(data: bytes) -> None:
+    pass
+
+
 class _NeedCatalog(Exception):
     """Raised mid-stream: these table OIDs (or this relation) must be looked up before going on."""
 
@@ -190,6 +199,7 @@ class ClientConnection(asyncio.Protocol):
         self._mask_report = MaskReport()
         self._copy_csv = False
         self._tables: dict[str, tuple] = {}  # decision event → tables it touches (masked commands)
+        self._limits: dict[str, tuple[int, str]] = {}  # decision event → (max rows, rule)
         self._read_holds: set[str] = set()
         self._backend_read_holds: set[str] = set()
 
@@ -494,6 +504,8 @@ class ClientConnection(asyncio.Protocol):
                 profile = self._profile(decision)
                 if profile is not None:
                     self._tables[event] = decision.tables
+                if decision.max_rows is not None:
+                    self._limits[event] = (decision.max_rows, decision.rule)
                 pending.append((_Q, event, now, None, profile, text if profile is not None else None))
                 return None
             pending.append((_Q, event, now, decision, None, None))
@@ -527,6 +539,8 @@ class ClientConnection(asyncio.Protocol):
             profile = self._profile(decision) if refusal is None else None
             if profile is not None:
                 self._tables[event] = decision.tables
+            if refusal is None and decision.max_rows is not None:
+                self._limits[event] = (decision.max_rows, decision.rule)
             self._statements[name] = (event, profile, text, self.frontend.core.policy, decision.volatile)
             self._statement_layouts.pop(name, None)
             if self._discard_until_sync:
@@ -563,6 +577,8 @@ class ClientConnection(asyncio.Protocol):
                 profile = self._profile(decision)
                 if profile is not None:
                     self._tables[event] = decision.tables
+                if decision.max_rows is not None:
+                    self._limits[event] = (decision.max_rows, decision.rule)
                 self._statements[statement] = (event, profile, entry[2], self.frontend.core.policy, decision.volatile)
             layout = None
             if profile is not None:
@@ -642,7 +658,7 @@ class ClientConnection(asyncio.Protocol):
                 length = int.from_bytes(data[pos + 1:pos + 5], "big")
                 end = pos + 1 + length
                 if end > size:
-                    if (kind == 68 or kind == 100) and not (pending and pending[0][4] is not None):
+                    if (kind == 68 or kind == 100) and not (pending and pending[0][4] is not None) and not self._limits:
                         # DataRow / CopyData of a result that is not masked: stream it through.
                         self._backend_skip = end - size
                         pos = size
@@ -651,6 +667,10 @@ class ClientConnection(asyncio.Protocol):
                     break
                 if kind == 68:  # DataRow: counted; decoded only when its result is masked
                     self._rows += 1
+                    if self._limits and pending:
+                        limit = self._limits.get(pending[0][1])
+                        if limit is not None and self._rows > limit[0]:
+                            raise _LimitExceeded(limit)
                     if pending and pending[0][4] is not None:
                         replacement = self._mask_datarow(pending[0], data, pos + 5, end)
                     else:
@@ -672,6 +692,18 @@ class ClientConnection(asyncio.Protocol):
             held = True
             self._hold_backend_reads("catalog")
             self.loop.create_task(self._resolve_then_resume(need))
+        except _LimitExceeded as exceeded:
+            # The rows before this one go out, then the refusal; the rest is never forwarded and both
+            # connections close (the backend rolls back and stops the query).
+            rows, rule = exceeded.limit
+            self._rows -= 1
+            self.session.result(pending[0][1], "limit_exceeded", rows)
+            before = data[flushed:pos] if pieces is None else b"".join(pieces) + data[flushed:pos]
+            if before:
+                self.recorder.forward(self.transport, before, self)
+            self._close_after_forwarding("54000", f"wardgate: the result exceeds the {rows} rows rule {rule} "
+                                                  "allows; the rest is withheld and the session is closed")
+            return
         except wire.ProtocolViolation as exc:
             self.fatal(exc.sqlstate, f"wardgate: {exc}; the session is closed")
             return
@@ -797,8 +829,9 @@ class ClientConnection(asyncio.Protocol):
         if kind == 90:  # ReadyForQuery
             if head is not None and (head[0] == _S or head[0] == _Q):
                 pending.popleft()
-                if head[4] is not None:
+                if head[0] == _Q:
                     self._tables.pop(head[1], None)
+                    self._limits.pop(head[1], None)
             return None
         if kind == 84:  # RowDescription
             if head is None:
@@ -964,6 +997,17 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.note("session.backend_lost", error=str(exc) if exc else None)
         self.fatal("08006", "wardgate: the backend closed the connection")
+
+    def _close_after_forwarding(self, sqlstate: str, text: str) -> None:
+        """Like :meth:`fatal`, but the error queues behind what is already being forwarded."""
+        self.session.note("session.aborted", code=sqlstate, message=text)
+        if self.backend is not None:
+            self.backend.on_data = _drop
+            self.backend.on_lost = None
+            if self.backend.transport is not None:
+                self.backend.transport.close()
+        self.recorder.forward(self.transport, wire.error_response(sqlstate, text, severity="FATAL"), self)
+        self.loop.call_soon(self._close)  # after the recorder's flush, scheduled earlier
 
     def fatal(self, sqlstate: str, text: str) -> None:
         """Tell the client why, in its own protocol, and close both sides."""
