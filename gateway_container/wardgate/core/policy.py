@@ -274,6 +274,7 @@ class PolicyEngine:
         self.source = source
         self._role_rules: dict[tuple[tuple[str, ...], str], tuple[Rule, ...]] = {}
         self._cache: dict[tuple, Decision] = {}
+        self._time_dependent: dict[int, tuple] = {}
 
     # --- roles and applicable rules ---------------------------------------------------------------
     def environment_of(self, resource: str) -> str | None:
@@ -312,7 +313,12 @@ class PolicyEngine:
         if classification is None:
             # Not SQL (e.g. a fast-path function call): only rules without statement conditions apply
             return self._opaque(command, roles, rules)
-        time_dependent = any(rule.when.time_dependent for rule in rules)
+        cached_rules = self._time_dependent.get(id(rules))  # rules tuples are cached: stable identity
+        if cached_rules is not None and cached_rules[0] is rules:
+            time_dependent = cached_rules[1]
+        else:
+            time_dependent = any(rule.when.time_dependent for rule in rules)
+            self._time_dependent[id(rules)] = (rules, time_dependent)
         # Keyed by the classification object itself (the classifier returns the same object for the
         # same statement shape), and confirmed by identity: two texts that normalize alike but
         # classify differently have different objects, so neither can borrow the other's decision.

@@ -193,6 +193,7 @@ class ClientConnection(asyncio.Protocol):
         self._statements: dict[str, tuple] = {}
         self._portals: dict[str, tuple] = {}
         self._statement_layouts: dict[str, list] = {}
+        self._described: set[str] = set()  # portals the client asked to describe
         # masking state of the result being relayed
         self._masker: ResultMasker | None = None
         self._masker_head: tuple | None = None
@@ -586,12 +587,14 @@ class ClientConnection(asyncio.Protocol):
                 if described is not None:
                     layout = with_formats(described, wire.parse_bind_result_formats(data[start:end]))
             self._portals[portal] = (event, profile, layout)
+            self._described.discard(portal)
             profile = None  # BindComplete carries no rows
         elif kind == _E:
             portal = "" if data[start] == 0 else wire.read_cstr(data[start:end], 0)[0]
             event, profile, layout = self._portals.get(portal, (None, None, None))
             ref = portal
-            if profile is not None and layout is None and not self._discard_until_sync:
+            if (profile is not None and layout is None and portal not in self._described
+                    and not self._discard_until_sync):
                 # The client never described this portal: ask the backend ourselves, so the rows
                 # can be masked by column; the answer is not passed on.
                 pending.append((_INJECTED_DESCRIBE, event, now, None, profile, portal))
@@ -603,9 +606,12 @@ class ClientConnection(asyncio.Protocol):
                 self._statement_layouts.pop(name, None)
             else:
                 self._portals.pop(name, None)
+                self._described.discard(name)
             event = None
         else:  # Describe
             target, name = data[start:start + 1], wire.read_cstr(data[start:end], 1)[0]
+            if target == b"P":
+                self._described.add(name)  # its RowDescription will precede the rows: no need to ask
             source = self._statements if target == b"S" else self._portals
             entry = source.get(name)
             event = entry[0] if entry is not None else None
@@ -782,6 +788,8 @@ class ClientConnection(asyncio.Protocol):
         return None if masked is line else wire.message(b"d", masked)
 
     def _finish_masking(self, event: str | None) -> None:
+        if self._masker is not None:
+            self._masker.finish()
         if self._mask_report:
             self.session.note("command.masked", command=event, maskings=self._mask_report.entries(),
                               controls=["SC-28", "AC-3", "SI-19"])

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from functools import lru_cache
 
 from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value
 
 # Types whose binary send format is their text: masking them in either format is the same.
-TEXT_LIKE_TYPES = frozenset({25, 1043, 1042, 19, 18, 114, 142, 705, 1009, 1015})  # text, varchar, bpchar,
-# name, char, json, xml, unknown; arrays of text/varchar in *text* format only (see _textual)
-_ARRAY_TYPES = frozenset({1009, 1015})
+TEXT_LIKE_TYPES = frozenset({25, 1043, 1042, 19, 18, 114, 142, 705})  # text, varchar, bpchar, name, char, json,
+# xml, unknown
+# Types whose values detectors scan (in text format): the text-like ones, jsonb and arrays of text.
+# Numbers, dates, booleans, UUIDs are not scanned: a secret is not stored as one.
+SCANNED_TYPES = TEXT_LIKE_TYPES | {3802, 1009, 1015, 1014, 143, 199}  # jsonb, text[], varchar[], bpchar[], xml[], json[]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,8 @@ class Field:
     format: int
 
 
-def parse_row_description(payload: bytes) -> list[Field]:
+@lru_cache(maxsize=4096)  # a result shape repeats: parse each RowDescription once
+def parse_row_description(payload: bytes) -> tuple[Field, ...]:
     count = int.from_bytes(payload[:2], "big")
     fields = []
     offset = 2
@@ -49,7 +53,7 @@ def parse_row_description(payload: bytes) -> list[Field]:
         fmt = int.from_bytes(payload[offset + 16:offset + 18], "big")
         fields.append(Field(name, table_oid, attnum, type_oid, fmt))
         offset += 18
-    return fields
+    return tuple(fields)
 
 
 def with_formats(fields: list[Field], formats: list[int]) -> list[Field]:
@@ -78,8 +82,23 @@ def _strategy(kind: str, keep: int = 4) -> MaskStrategy:
     return MaskStrategy.partial(keep) if kind == "partial" else MaskStrategy(kind)
 
 
+_TOUCHES: dict[tuple, tuple] = {}
+
+
 def touches_named_table(profile, tables) -> bool:
     """Does the statement touch a table that a column rule names explicitly (not by a wildcard)?"""
+    key = (id(profile), tuple(tables))
+    cached = _TOUCHES.get(key)
+    if cached is not None and cached[0] is profile:
+        return cached[1]
+    answer = _touches_named_table(profile, tables)
+    if len(_TOUCHES) > 4096:
+        _TOUCHES.clear()
+    _TOUCHES[key] = (profile, answer)
+    return answer
+
+
+def _touches_named_table(profile, tables) -> bool:
     for rule in profile.columns:
         parts = rule.match.split(".")
         if len(parts) < 2 or parts[-2] == "*":
@@ -90,83 +109,105 @@ def touches_named_table(profile, tables) -> bool:
     return False
 
 
-class ResultMasker:
-    __slots__ = ("plan", "key", "report", "columns")
+_PLANS: dict[tuple, tuple] = {}  # (profile id, columns, redact_computed) → (profile, plan): built once
 
-    def __init__(self, plan: list[tuple], key: bytes, report: MaskReport, columns: int):
-        self.plan = plan  # (index, mode, strategy, label, detectors, textual)
+
+def _plan(fields: list[Field], labels: list[str | None], profile, redact_computed: bool) -> tuple:
+    key = (id(profile), tuple((f.name, f.type_oid, f.format) for f in fields), tuple(labels), redact_computed)
+    cached = _PLANS.get(key)
+    if cached is not None and cached[0] is profile:
+        return cached[1]
+    detector_strategy = _strategy(profile.detector_strategy)
+    detectors = tuple(profile.detectors)
+    plan = []
+    for index, (field, column) in enumerate(zip(fields, labels)):
+        label = column or field.name
+        # Text format renders every type as text; in binary only text-like types are text.
+        textual = field.format == 0 or field.type_oid in TEXT_LIKE_TYPES
+        rule = next((r for r in profile.columns if _pattern_matches(r.match, column, field.name)), None)
+        if rule is not None:
+            plan.append((index, "column", _strategy(rule.strategy, rule.keep), label, None, textual))
+        elif column is None and redact_computed:
+            plan.append((index, "column", MaskStrategy.redact(), label, None, textual))
+        elif detectors and textual and field.type_oid in SCANNED_TYPES:
+            plan.append((index, "detect", detector_strategy, label, detectors, True))
+    plan = tuple(plan)
+    if len(_PLANS) > 4096:
+        _PLANS.clear()
+    _PLANS[key] = (profile, plan)
+    return plan
+
+
+class ResultMasker:
+    """Masks the rows of one result. The plan (which column, how) is cached per result shape; the
+    per-row work is one walk over the column lengths up to the last masked column, and the row is
+    rebuilt from slices of the original around the values that changed."""
+
+    __slots__ = ("plan", "key", "report", "counts", "last_index")
+
+    def __init__(self, plan: tuple, key: bytes, report: MaskReport):
+        self.plan = plan  # (index, mode, strategy, label, detectors, textual), by index
         self.key = key
         self.report = report
-        self.columns = columns
+        self.counts = [0] * len(plan)
+        self.last_index = plan[-1][0] if plan else -1
 
     @classmethod
-    def build(cls, fields: list[Field], profile, resolve, tables, key: bytes, report: MaskReport) -> "ResultMasker | None":
-        detector_strategy = _strategy(profile.detector_strategy)
+    def build(cls, fields: list[Field], profile, resolve, tables, key: bytes,
+              report: MaskReport) -> "ResultMasker | None":
+        labels = [resolve(f.table_oid, f.attnum) if f.table_oid else None for f in fields]
         redact_computed = profile.redact_computed and touches_named_table(profile, tables)
-        plan = []
-        for index, field in enumerate(fields):
-            column = resolve(field.table_oid, field.attnum) if field.table_oid else None
-            label = column or field.name
-            textual = field.type_oid in TEXT_LIKE_TYPES and (field.format == 0 or field.type_oid not in _ARRAY_TYPES)
-            if field.format == 0:
-                textual = True  # text format: every value is text
-            rule = next((r for r in profile.columns if _pattern_matches(r.match, column, field.name)), None)
-            if rule is not None:
-                plan.append((index, "column", _strategy(rule.strategy, rule.keep), label, None, textual))
-            elif column is None and redact_computed:
-                plan.append((index, "column", MaskStrategy.redact(), label, None, textual))
-            elif profile.detectors and textual:
-                plan.append((index, "detect", detector_strategy, label, tuple(profile.detectors), True))
-        return cls(plan, key, report, len(fields)) if plan else None
+        plan = _plan(fields, labels, profile, redact_computed)
+        return cls(plan, key, report) if plan else None
+
+    def finish(self) -> None:
+        """Move the whole-column counts into the report (detector findings went there directly)."""
+        for entry, count in zip(self.plan, self.counts):
+            if count:
+                self.report.record(entry[3], "column", count)
+        self.counts = [0] * len(self.plan)
 
     def mask_row(self, payload: bytes) -> bytes:
-        """A DataRow payload with the planned columns masked."""
+        """A DataRow payload with the planned columns masked (the same object when nothing changed)."""
         count = int.from_bytes(payload[:2], "big")
-        spans = []
+        last = min(self.last_index, count - 1)
+        starts = []
         offset = 2
-        for _ in range(count):
+        for _ in range(last + 1):
             length = int.from_bytes(payload[offset:offset + 4], "big", signed=True)
-            offset += 4
-            if length < 0:
-                spans.append((offset, -1))
-            else:
-                spans.append((offset, length))
-                offset += length
-        replaced: dict[int, bytes | None] = {}
-        for index, mode, strategy, label, detectors, textual in self.plan:
-            if index >= count:
-                continue
-            start, length = spans[index]
+            starts.append((offset, length))
+            offset += 4 + length if length > 0 else 4
+        out = None
+        copied = 0
+        key = self.key
+        for slot, (index, mode, strategy, label, detectors, textual) in enumerate(self.plan):
+            if index > last:
+                break
+            offset, length = starts[index]
             if length < 0:
                 continue
             if not textual:
-                replaced[index] = None  # cannot render masked in this binary format
-                self.report.record(label)
-                continue
-            value = payload[start:start + length].decode("utf-8", "replace")
-            if mode == "column":
-                masked = mask_value(value, strategy, key=self.key)
-                self.report.record(label)
+                new = None  # cannot be rendered masked in this binary format
+                self.counts[slot] += 1
             else:
-                masked = mask_text(value, strategy, key=self.key, detectors=detectors, report=self.report,
-                                   column=label)
-                if masked is value:
-                    continue
-            replaced[index] = None if masked is None else masked.encode()
-        if not replaced:
-            return payload
-        out = [payload[:2]]
-        for index, (start, length) in enumerate(spans):
-            if index in replaced:
-                value = replaced[index]
-                if value is None:
-                    out.append(b"\xff\xff\xff\xff")
+                value = payload[offset + 4:offset + 4 + length].decode("utf-8", "replace")
+                if mode == "column":
+                    masked = mask_value(value, strategy, key=key)
+                    self.counts[slot] += 1
                 else:
-                    out.append(len(value).to_bytes(4, "big") + value)
-            elif length < 0:
-                out.append(b"\xff\xff\xff\xff")
-            else:
-                out.append(payload[start - 4:start + length])
+                    masked = mask_text(value, strategy, key=key, detectors=detectors, report=self.report,
+                                       column=label)
+                    if masked is value:
+                        continue
+                new = None if masked is None else masked.encode()
+            if out is None:
+                out = []
+            out.append(payload[copied:offset])
+            out.append(b"\xff\xff\xff\xff" if new is None else len(new).to_bytes(4, "big") + new)
+            copied = offset + 4 + length
+        if out is None:
+            return payload
+        out.append(payload[copied:])
         return b"".join(out)
 
     def mask_copy_line(self, line: bytes, csv: bool) -> bytes:
@@ -192,13 +233,13 @@ class ResultMasker:
 
     def _mask_values(self, values: list, null) -> bool:
         changed = False
-        for index, mode, strategy, label, detectors, _ in self.plan:
+        for slot, (index, mode, strategy, label, detectors, _) in enumerate(self.plan):
             if index >= len(values) or values[index] == null:
                 continue
             value = values[index]
             if mode == "column":
                 masked = mask_value(value, strategy, key=self.key)
-                self.report.record(label)
+                self.counts[slot] += 1
             else:
                 masked = mask_text(value, strategy, key=self.key, detectors=detectors, report=self.report,
                                    column=label)
@@ -207,7 +248,3 @@ class ResultMasker:
             values[index] = masked
             changed = True
         return changed
-
-
-class DetectAll:
-    """For COPY of a query (no column identities): detectors on every field."""
