@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+import struct
 from functools import lru_cache
 
 from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value
+
+_U16 = struct.Struct("!H")
+_I32 = struct.Struct("!i")
 
 # Types whose binary send format is their text: masking them in either format is the same.
 TEXT_LIKE_TYPES = frozenset({25, 1043, 1042, 19, 18, 114, 142, 705})  # text, varchar, bpchar, name, char, json,
@@ -169,12 +173,13 @@ class ResultMasker:
 
     def mask_row(self, payload: bytes) -> bytes:
         """A DataRow payload with the planned columns masked (the same object when nothing changed)."""
-        count = int.from_bytes(payload[:2], "big")
+        count = _U16.unpack_from(payload)[0]
         last = min(self.last_index, count - 1)
         starts = []
         offset = 2
+        unpack = _I32.unpack_from
         for _ in range(last + 1):
-            length = int.from_bytes(payload[offset:offset + 4], "big", signed=True)
+            length = unpack(payload, offset)[0]
             starts.append((offset, length))
             offset += 4 + length if length > 0 else 4
         out = None
