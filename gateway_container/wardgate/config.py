@@ -235,8 +235,9 @@ class ConfigError(Exception):
     """A configuration file that cannot be used; the message names the file and the bad key."""
 
 
-def _format_validation_error(path: Path | str, error: ValidationError) -> str:
-    lines = [f"{path}: invalid configuration"]
+def format_validation_error(source: Path | str, error: ValidationError, what: str = "configuration") -> str:
+    """One line per problem, each naming the key (dotted path) that is wrong."""
+    lines = [f"{source}: invalid {what}"]
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
@@ -261,7 +262,7 @@ def load_config(path: Path | str) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(path, exc)) from None
+        raise ConfigError(format_validation_error(path, exc)) from None
     # Relative paths are relative to the config file, so a config works wherever it is run from.
     base = path.parent
     update: dict = {"state_dir": (base / config.state_dir).resolve()}

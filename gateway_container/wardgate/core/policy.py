@@ -31,7 +31,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 from typing import Annotated
 
-from wardgate.config import Duration
+from wardgate.config import Duration, format_validation_error
 from wardgate.core.model import Approval, Command, Decision, Principal, Verdict
 from wardgate.core.sqlclass import CLASSES, Classification
 
@@ -383,9 +383,10 @@ class PolicyEngine:
         for rule in rules:
             effect = rule.effect
             if effect == "allow":
-                if allow is None and _matches_allow(rule.when, statement, classification, session_started, now):
+                if allow is None and _matches(rule.when, statement, classification, session_started, now,
+                                              every=True):
                     allow = rule
-            elif _matches_forbid(rule.when, statement, classification, session_started, now):
+            elif _matches(rule.when, statement, classification, session_started, now, every=False):
                 if effect == "deny":
                     return _Verdict(Verdict.DENY, rule, rule.message or _describe(rule, statement))
                 if review is None:
@@ -423,47 +424,26 @@ def _time_ok(when: When, session_started: float, now: float) -> bool:
     return True
 
 
-def _matches_allow(when: When, statement, classification: Classification, session_started: float,
-                   now: float) -> bool:
-    if when.classes is not None and not statement.classes <= set(when.classes):
-        return False
+def _matches(when: When, statement, classification: Classification, session_started: float, now: float,
+             *, every: bool) -> bool:
+    """``every=True`` for allow rules: every class, table and function of the statement must be
+    listed. ``every=False`` for deny and review rules: any listed one is enough."""
+    quantifier = all if every else any
+    if when.classes is not None:
+        listed = set(when.classes)
+        if not (statement.classes <= listed if every else statement.classes & listed):
+            return False
     if when.verbs is not None and not _any_glob(statement.verb, when.verbs):
         return False
-    if when.tables is not None and not all(_any_glob(t, when.tables) for t in statement.tables):
+    if when.tables is not None and not quantifier(_any_glob(t, when.tables) for t in statement.tables):
         return False
-    if when.functions is not None and not all(_any_glob(f, when.functions) for f in statement.functions):
+    if when.functions is not None and not quantifier(_any_glob(f, when.functions) for f in statement.functions):
         return False
     if when.unfiltered is not None and statement.unfiltered != when.unfiltered:
         return False
     if when.multi_statement is not None and classification.multi_statement != when.multi_statement:
         return False
     return _time_ok(when, session_started, now)
-
-
-def _matches_forbid(when: When, statement, classification: Classification, session_started: float,
-                    now: float) -> bool:
-    if when.classes is not None and not statement.classes & set(when.classes):
-        return False
-    if when.verbs is not None and not _any_glob(statement.verb, when.verbs):
-        return False
-    if when.tables is not None and not any(_any_glob(t, when.tables) for t in statement.tables):
-        return False
-    if when.functions is not None and not any(_any_glob(f, when.functions) for f in statement.functions):
-        return False
-    if when.unfiltered is not None and statement.unfiltered != when.unfiltered:
-        return False
-    if when.multi_statement is not None and classification.multi_statement != when.multi_statement:
-        return False
-    return _time_ok(when, session_started, now)
-
-
-def _format_error(source: str, error: ValidationError) -> str:
-    lines = [f"{source}: invalid policy"]
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {location}: {message}")
-    return "\n".join(lines)
 
 
 def load_policy(path: Path | str) -> PolicyEngine:
@@ -485,7 +465,7 @@ def parse_policy(raw: bytes, source: str = "<memory>") -> PolicyEngine:
     try:
         bundle = PolicyBundle.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(_format_error(source, exc)) from None
+        raise PolicyError(format_validation_error(source, exc, "policy")) from None
     return PolicyEngine(bundle, "sha256:" + hashlib.sha256(raw).hexdigest(), source)
 
 
