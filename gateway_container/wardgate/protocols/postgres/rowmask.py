@@ -142,12 +142,24 @@ def _plan(fields: list[Field], labels: list[str | None], profile, redact_compute
     return plan
 
 
-class ResultMasker:
-    """Masks the rows of one result. The plan (which column, how) is cached per result shape; the
-    per-row work is one walk over the column lengths up to the last masked column, and the row is
-    rebuilt from slices of the original around the values that changed."""
+_NULL_VALUE = b"\xff\xff\xff\xff"
 
-    __slots__ = ("plan", "key", "report", "counts", "last_index")
+
+def _prefixed(text: str | None) -> bytes:
+    """A DataRow value: length-prefixed bytes, or the NULL marker."""
+    if text is None:
+        return _NULL_VALUE
+    data = text.encode()
+    return len(data).to_bytes(4, "big") + data
+
+
+class ResultMasker:
+    """Masks the rows of one result. The plan (which column, how) is cached per result shape; per row
+    the work is one walk over the column lengths up to the last masked column, one call per masked
+    value (none for strategies whose output is a constant), and a join of the original's slices
+    around the values that changed."""
+
+    __slots__ = ("plan", "key", "report", "counts", "last_index", "steps")
 
     def __init__(self, plan: tuple, key: bytes, report: MaskReport):
         self.plan = plan  # (index, mode, strategy, label, detectors, textual), by index
@@ -155,6 +167,35 @@ class ResultMasker:
         self.report = report
         self.counts = [0] * len(plan)
         self.last_index = plan[-1][0] if plan else -1
+        # Per masked column: (index, slot, replacement) where the replacement is ready bytes when the
+        # output does not depend on the value (redact, null, non-text binary), else a function.
+        steps = []
+        for slot, (index, mode, strategy, label, detectors, textual) in enumerate(plan):
+            if not textual:
+                steps.append((index, slot, _NULL_VALUE))  # cannot be rendered masked in this format
+            elif mode == "column" and strategy.kind in ("redact", "null"):
+                steps.append((index, slot, _prefixed(mask_value("", strategy, key=key))))
+            elif mode == "column":
+                steps.append((index, slot, self._column_function(strategy)))
+            else:
+                steps.append((index, slot, self._detector_function(strategy, detectors, label)))
+        self.steps = tuple(steps)
+
+    def _column_function(self, strategy):
+        key = self.key
+
+        def mask(raw: bytes) -> bytes:
+            return _prefixed(mask_value(raw.decode("utf-8", "replace"), strategy, key=key))
+        return mask
+
+    def _detector_function(self, strategy, detectors, label):
+        key, report = self.key, self.report
+
+        def mask(raw: bytes) -> bytes | None:
+            value = raw.decode("utf-8", "replace")
+            masked = mask_text(value, strategy, key=key, detectors=detectors, report=report, column=label)
+            return None if masked is value else _prefixed(masked)
+        return mask
 
     @classmethod
     def build(cls, fields: list[Field], profile, resolve, tables, key: bytes,
@@ -167,48 +208,42 @@ class ResultMasker:
     def finish(self) -> None:
         """Move the whole-column counts into the report (detector findings went there directly)."""
         for entry, count in zip(self.plan, self.counts):
-            if count:
+            if count and entry[1] == "column" or count and not entry[5]:
                 self.report.record(entry[3], "column", count)
         self.counts = [0] * len(self.plan)
 
     def mask_row(self, payload: bytes) -> bytes:
         """A DataRow payload with the planned columns masked (the same object when nothing changed)."""
         count = _U16.unpack_from(payload)[0]
-        last = min(self.last_index, count - 1)
-        starts = []
-        offset = 2
+        walk = self.last_index + 1 if self.last_index < count else count
         unpack = _I32.unpack_from
-        for _ in range(last + 1):
+        spans = []  # flat: offset, length, offset, length…
+        offset = 2
+        for _ in range(walk):
             length = unpack(payload, offset)[0]
-            starts.append((offset, length))
+            spans.append(offset)
+            spans.append(length)
             offset += 4 + length if length > 0 else 4
         out = None
         copied = 0
-        key = self.key
-        for slot, (index, mode, strategy, label, detectors, textual) in enumerate(self.plan):
-            if index > last:
+        counts = self.counts
+        for index, slot, replacement in self.steps:
+            if index >= walk:
                 break
-            offset, length = starts[index]
+            offset = spans[2 * index]
+            length = spans[2 * index + 1]
             if length < 0:
                 continue
-            if not textual:
-                new = None  # cannot be rendered masked in this binary format
-                self.counts[slot] += 1
-            else:
-                value = payload[offset + 4:offset + 4 + length].decode("utf-8", "replace")
-                if mode == "column":
-                    masked = mask_value(value, strategy, key=key)
-                    self.counts[slot] += 1
-                else:
-                    masked = mask_text(value, strategy, key=key, detectors=detectors, report=self.report,
-                                       column=label)
-                    if masked is value:
-                        continue
-                new = None if masked is None else masked.encode()
+            if replacement.__class__ is not bytes:
+                replacement = replacement(payload[offset + 4:offset + 4 + length])
+                if replacement is None:
+                    continue
+            counts[slot] += 1
             if out is None:
-                out = []
-            out.append(payload[copied:offset])
-            out.append(b"\xff\xff\xff\xff" if new is None else len(new).to_bytes(4, "big") + new)
+                out = [payload[:offset]]
+            else:
+                out.append(payload[copied:offset])
+            out.append(replacement)
             copied = offset + 4 + length
         if out is None:
             return payload
