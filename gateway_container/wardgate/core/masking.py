@@ -908,6 +908,19 @@ def apply(strategy: MaskStrategy, value: str, *, key: bytes | None = None,
     return None  # null
 
 
+def value_masker(strategy: MaskStrategy, *, key: bytes | None = None) -> "Callable[[str], str | None]":
+    """The fastest function masking a whole (non-NULL) value by ``strategy``: for per-row loops."""
+    kind = strategy.kind
+    if kind == "partial":
+        return lambda value: _partial(value, strategy)
+    if kind == "hash":
+        if not key:
+            raise ValueError("the hash strategy needs a non-empty key (bytes)")
+        return lambda value: _token(value, strategy, key)
+    constant = apply(strategy, "", key=key)
+    return lambda value: constant
+
+
 def mask_value(value: str | None, strategy: MaskStrategy, *, key: bytes | None = None) -> str | None:
     """A whole column value masked; NULL stays NULL. ``key`` is needed by ``hash`` only."""
     if value is None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import struct
 from functools import lru_cache
 
-from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value
+from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value, value_masker
 
 _U16 = struct.Struct("!H")
 _I32 = struct.Struct("!i")
@@ -182,10 +182,11 @@ class ResultMasker:
         self.steps = tuple(steps)
 
     def _column_function(self, strategy):
-        key = self.key
+        masker = value_masker(strategy, key=self.key)
 
         def mask(raw: bytes) -> bytes:
-            return _prefixed(mask_value(raw.decode("utf-8", "replace"), strategy, key=key))
+            data = masker(raw.decode("utf-8", "replace")).encode()
+            return len(data).to_bytes(4, "big") + data
         return mask
 
     def _detector_function(self, strategy, detectors, label):
