@@ -118,6 +118,35 @@ def _policy_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    from urllib.parse import urlparse
+
+    from wardgate.audittool import format_report, verify_trail
+
+    location = args.location
+    if location.startswith("file://"):
+        parsed = urlparse(location)
+        location = (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
+    directory = Path(location)
+    if not directory.is_dir():
+        print(f"wardgate audit verify: {args.location}: not a directory", file=sys.stderr)
+        return 2
+    trusted = None
+    if args.trusted_key:
+        try:
+            trusted = [Path(name).read_bytes() for name in args.trusted_key]
+        except OSError as exc:
+            print(f"wardgate audit verify: --trusted-key: {exc}", file=sys.stderr)
+            return 2
+    try:
+        report = verify_trail(directory, since=args.since, until=args.until, trusted_keys=trusted)
+    except ValueError as exc:  # a malformed --since/--until or --trusted-key
+        print(f"wardgate audit verify: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgate", description="Layer 7 access gateway for AI agents and CI")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -155,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     test.set_defaults(func=_policy_test)
     schema = policy_commands.add_parser("schema", help="print the policy JSON Schema (for editors)")
     schema.set_defaults(func=_policy_schema)
+
+    audit = commands.add_parser("audit", help="verify audit trails")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="prove an audit trail complete and unaltered (exit 0 only if it is)")
+    verify.add_argument("location", help="the audit sink directory (or file://DIR), or a copy of it")
+    verify.add_argument("--since", help="only segments with events at or after this ISO 8601 time")
+    verify.add_argument("--until", help="only segments with events at or before this ISO 8601 time")
+    verify.add_argument("--trusted-key", action="append",
+                        help="accept only this public key (PEM; repeatable) instead of the trail's keys/")
+    verify.add_argument("--json", action="store_true", help="machine-readable report")
+    verify.set_defaults(func=_audit_verify)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", required=True)

@@ -18,6 +18,7 @@ from wardgate.core.audit import AuditUnavailable, Recorder, open_sink
 from wardgate.core.credentials import CredentialBroker, open_source
 from wardgate.core.devissuer import DevIssuer, dev_issuer_url
 from wardgate.core.identity import TokenVerifier
+from wardgate.core.integrity import LocalEd25519Signer
 from wardgate.core.policy import AllowAll, PolicyError, load_policy
 from wardgate.core.session import DecisionCore
 from wardgate.metrics import GatewayMetrics
@@ -112,7 +113,8 @@ class Gateway:
             issuers.append(IssuerConfig(issuer=url, audience=config.dev_issuer.audience, algorithms=["ES256"],
                                         max_token_lifetime=config.dev_issuer.max_token_lifetime))
         if config.audit.enabled:
-            spool = open_sink(config.audit.sink, self.config_dir, self.gateway_id)
+            spool = open_sink(config.audit.sink, self.config_dir, self.gateway_id,
+                              signer=LocalEd25519Signer(config.state_dir / "audit-signing-key.pem"))
         else:
             log.warning("AUDIT RECORDING IS OFF: no session of this gateway is recorded (benchmarks only)")
             spool = None

@@ -29,6 +29,8 @@ from urllib.parse import urlparse
 
 import orjson
 
+from wardgate.core.integrity import (build_digest, create_file_atomically, digest_path_for, encode_digest,
+                                     export_public_key, gateway_of_segment, newest_digest, segment_number)
 from wardgate.core.model import Principal
 
 EVENT_FORMAT_VERSION = 1
@@ -63,10 +65,16 @@ class FileSpool:
     :meth:`recover` at the next start.
     """
 
-    def __init__(self, directory: Path, gateway_id: str, segment_bytes: int = 64 << 20):
+    def __init__(self, directory: Path, gateway_id: str, segment_bytes: int = 64 << 20, *,
+                 signer: Any = None):
         self.directory = directory
         self.gateway_id = gateway_id
         self.segment_bytes = segment_bytes
+        # With a signer (core.integrity.Signer), every sealed segment gets a signed digest that
+        # chains to the previous one; None writes no digests.
+        self.signer = signer
+        self._last_digest: tuple[str, str] | None = None  # (name, sha256) the next digest chains to
+        self._chain_loaded = False
         self._fd: int | None = None
         self._path: Path | None = None
         self._size = 0
@@ -79,11 +87,17 @@ class FileSpool:
         return self._path
 
     def recover(self) -> list[Path]:
-        """Seal segments left unsealed by a gateway that died (and no longer holds their lock)."""
+        """Seal segments left unsealed by a gateway that died (and no longer holds their lock).
+
+        With a signer, each gets a digest (marked ``recovered``) unless it already has one (the
+        writer died between writing the digest and making the file read-only). A segment that is
+        already read-only is never signed here: signing whatever a sealed segment holds now would
+        launder a modification."""
         if not self.directory.exists():
             return []
+        self._load_chain()
         sealed = []
-        for path in sorted(self.directory.glob("*.jsonl")):
+        for path in sorted(self.directory.glob("*.jsonl"), key=_segment_order):
             if not os.stat(path).st_mode & 0o200:
                 continue
             try:
@@ -97,6 +111,8 @@ class FileSpool:
                 continue  # a live gateway is writing it
             try:
                 os.fsync(fd)
+                if self.signer is not None and not digest_path_for(path).exists():
+                    self._write_digest(path, recovered=True)
                 os.chmod(path, 0o440)
                 sealed.append(path)
             finally:
@@ -150,7 +166,29 @@ class FileSpool:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if self.signer is not None:
+            # Digest first, then read-only: a crash in between leaves a writable segment that has a
+            # digest, which recover() only makes read-only.
+            self._write_digest(path)
         os.chmod(path, 0o440)
+
+    def _load_chain(self) -> None:
+        if self.signer is not None and not self._chain_loaded and self.directory.exists():
+            self._last_digest = newest_digest(self.directory)
+            self._chain_loaded = True
+
+    def _write_digest(self, path: Path, *, recovered: bool = False) -> None:
+        self._load_chain()
+        export_public_key(self.directory, self.signer)
+        previous = self._last_digest
+        record = build_digest(path, path.read_bytes(), gateway=gateway_of_segment(path.name) or self.gateway_id,
+                              signer=self.signer, previous_name=previous[0] if previous else None,
+                              previous_sha256=previous[1] if previous else None, signed_at=utc_now_iso(),
+                              recovered=recovered, sealed_by=self.gateway_id)
+        data = encode_digest(record)
+        digest_path = digest_path_for(path)
+        create_file_atomically(digest_path, data, 0o440)
+        self._last_digest = (digest_path.name, hashlib.sha256(data).hexdigest())
 
     def reset_after_error(self) -> None:
         """Drop a segment whose write failed, so the next write opens a fresh one."""
@@ -166,6 +204,11 @@ class FileSpool:
         self._seal_current()
 
 
+def _segment_order(path: Path) -> tuple[str, int, str]:
+    """Segments of one gateway in the order it wrote them (its segment number)."""
+    return gateway_of_segment(path.name), segment_number(path.name), path.name
+
+
 def read_segment_bytes(path: Path) -> bytes:
     """A segment's events (anything after a NUL — a torn write of a crashed machine — is not one)."""
     data = Path(path).read_bytes()
@@ -178,14 +221,14 @@ def read_segment(path: Path) -> list[bytes]:
     return read_segment_bytes(path).splitlines(keepends=True)
 
 
-def open_sink(url: str, base_dir: Path, gateway_id: str) -> FileSpool:
+def open_sink(url: str, base_dir: Path, gateway_id: str, *, signer: Any = None) -> FileSpool:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         raw = (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
         path = Path(raw)
         if not path.is_absolute():
             path = (base_dir / path).resolve()
-        spool = FileSpool(path, gateway_id)
+        spool = FileSpool(path, gateway_id, signer=signer)
         spool.recover()
         return spool
     raise ValueError(f"audit sink {url!r}: unsupported scheme {parsed.scheme!r} (supported: file://)")
