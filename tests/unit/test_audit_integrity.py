@@ -299,6 +299,7 @@ def test_running_gateway_segment_is_a_warning(tmp_path: Path, capsys) -> None:
     directory = tmp_path / "audit"
     spool = FileSpool(directory, GATEWAY, segment_bytes=2000, signer=_signer(tmp_path))
     _record(spool, _plan(end=False))
+    spool.wait_for_seals()  # full segments are sealed in the background
     report = verify_trail(directory)
     assert report.ok
     assert [(f.level, f.message) for f in report.findings] == [
@@ -311,6 +312,7 @@ def test_recover_seals_and_signs_a_dead_gateways_segment(tmp_path: Path) -> None
     directory = tmp_path / "audit"
     spool = FileSpool(directory, "dead01", segment_bytes=2000, signer=_signer(tmp_path))
     _record(spool, _plan(), gateway="dead01")
+    spool.wait_for_seals()  # the segments it had filled were sealed before it died
     leftover = spool.current_path
     os.close(spool._fd)  # the process died: no seal, the lock is gone
     assert verify_trail(directory).findings[0].message.startswith(f"segment {leftover.name} is not sealed")

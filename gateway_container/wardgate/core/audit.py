@@ -16,6 +16,7 @@ command: nothing runs unrecorded. The next commit tries again, so service resume
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import fcntl
 import hashlib
 import os
@@ -79,6 +80,7 @@ class FileSpool:
         self._path: Path | None = None
         self._size = 0
         self._segment_number = 0
+        self._sealer: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # guards fd swaps against the fsync thread
         self.recovered: list[Path] = []
 
@@ -145,7 +147,7 @@ class FileSpool:
                 view = view[written:]
         self._size += len(data)
         if self._size >= self.segment_bytes:
-            self._seal_current()
+            self._rotate()
 
     def sync(self) -> None:
         with self._lock:
@@ -156,12 +158,36 @@ class FileSpool:
             finally:
                 os.close(fd)
 
-    def _seal_current(self) -> None:
+    def _rotate(self) -> None:
+        """Seal the full segment in the background (fsync, digest: reading and hashing a whole
+        segment must not stall the event loop); the next write opens a new one. Seals run one at a
+        time, in order, so the digest chain follows the segments."""
         with self._lock:
             if self._fd is None:
                 return
             fd, path = self._fd, self._path
             self._fd = None
+        if self._sealer is None:
+            self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wardgate-audit-seal")
+        self._sealer.submit(self._seal, fd, path)
+
+    def wait_for_seals(self) -> None:
+        """Block until the segments rotated so far are sealed (tests, shutdown)."""
+        if self._sealer is not None:
+            self._sealer.submit(lambda: None).result()
+
+    def _seal_current(self) -> None:
+        if self._sealer is not None:
+            self._sealer.shutdown(wait=True)  # earlier segments first: the digest chain is ordered
+            self._sealer = None
+        with self._lock:
+            if self._fd is None:
+                return
+            fd, path = self._fd, self._path
+            self._fd = None
+        self._seal(fd, path)
+
+    def _seal(self, fd: int, path: Path) -> None:
         try:
             os.fsync(fd)
         finally:
