@@ -147,6 +147,59 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _trail_directory(location: str, command: str) -> Path | None:
+    """The audit directory named by DIR or file://DIR (None, with a message, when it is not one)."""
+    from urllib.parse import urlparse
+
+    if location.startswith("file://"):
+        parsed = urlparse(location)
+        location = (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
+    directory = Path(location)
+    if not directory.is_dir():
+        print(f"wardgate {command}: {location}: not a directory", file=sys.stderr)
+        return None
+    return directory
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    from wardgate.replaytool import ReplayError, format_sessions, list_sessions
+
+    directory = _trail_directory(args.location, "sessions")
+    if directory is None:
+        return 2
+    try:
+        rows = list_sessions(directory, subject=args.subject, resource=args.resource, since=args.since,
+                             until=args.until, decision=args.decision)
+    except ReplayError as exc:
+        print(f"wardgate sessions: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=2) if args.json else format_sessions(rows))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from wardgate.replaytool import ReplayError, chain_findings, format_replay, read_trail, resolve_session
+
+    directory = _trail_directory(args.location, "replay")
+    if directory is None:
+        return 2
+    try:
+        session = resolve_session(read_trail(directory), args.session)
+    except ReplayError as exc:
+        print(f"wardgate replay: {exc}", file=sys.stderr)
+        return 2
+    findings = chain_findings(session)
+    if args.json:
+        for message in findings:
+            print(f"wardgate replay: warning: {message}; run `wardgate audit verify {args.location}`",
+                  file=sys.stderr)
+        print(json.dumps(session.ordered, indent=2, ensure_ascii=False))
+    else:
+        warnings = [f"hash chain broken: {message}" for message in findings]
+        print(format_replay(session, full=args.full, warnings=warnings, location=args.location))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgate", description="Layer 7 access gateway for AI agents and CI")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -196,6 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accept only this public key (PEM; repeatable) instead of the trail's keys/")
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.set_defaults(func=_audit_verify)
+
+    sessions = commands.add_parser("sessions", help="list the recorded sessions of an audit trail")
+    sessions.add_argument("location", help="the audit sink directory (or file://DIR), or a copy of it")
+    sessions.add_argument("--subject", help="only sessions whose subject matches this glob")
+    sessions.add_argument("--resource", help="only sessions on resources matching this glob")
+    sessions.add_argument("--since", help="only sessions active at or after this ISO 8601 time")
+    sessions.add_argument("--until", help="only sessions started at or before this ISO 8601 time")
+    sessions.add_argument("--decision", choices=("allow", "deny", "review"),
+                          help="only sessions with at least one statement so decided")
+    sessions.add_argument("--json", action="store_true", help="machine-readable list")
+    sessions.set_defaults(func=_sessions)
+
+    replay = commands.add_parser("replay", help="show one recorded session as it happened")
+    replay.add_argument("location", help="the audit sink directory (or file://DIR), or a copy of it")
+    replay.add_argument("session", help="the session id, or a unique prefix of it")
+    replay.add_argument("--full", action="store_true", help="statements and messages in full")
+    replay.add_argument("--json", action="store_true", help="the session's events as recorded (a JSON array)")
+    replay.set_defaults(func=_replay)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", required=True)

@@ -234,15 +234,16 @@ class Gateway:
 
 async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=None) -> None:
     gateway = Gateway(config, config_dir=config_dir)
-    await gateway.start()
-    if on_started is not None:
-        on_started(gateway)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers first: a SIGTERM that arrives while starting still stops the gateway cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
     if config.policy is not None:
         loop.add_signal_handler(signal.SIGHUP, gateway.reload_policy)
+    if on_started is not None:
+        on_started(gateway)
     try:
         await stop.wait()
     finally:

@@ -139,12 +139,21 @@ class FileSpool:
     def write(self, data: bytes) -> None:
         if self._fd is None:
             self._open()
-        written = os.write(self._fd, data)
-        if written != len(data):  # a short write to a regular file: disk full, quota
-            view = memoryview(data)[written:]
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):  # a short write to a regular file: disk full, quota
+                view = memoryview(data)[written:]
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+        except OSError:
+            # Undo a partial write, so the segment never holds a torn line; the events stay queued
+            # and are written whole when space returns.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise
         self._size += len(data)
         if self._size >= self.segment_bytes:
             self._rotate()
@@ -243,8 +252,12 @@ def read_segment_bytes(path: Path) -> bytes:
 
 
 def read_segment(path: Path) -> list[bytes]:
-    """A segment's event lines (each with its newline, as hashed in the chain)."""
-    return read_segment_bytes(path).splitlines(keepends=True)
+    """A segment's event lines (each with its newline, as hashed in the chain). A last line without
+    its newline was torn by a crash of the machine mid-write: it is not an event."""
+    lines = read_segment_bytes(path).splitlines(keepends=True)
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()
+    return lines
 
 
 def open_sink(url: str, base_dir: Path, gateway_id: str, *, signer: Any = None) -> FileSpool:
@@ -310,7 +323,6 @@ class Recorder:
         try:
             self.spool.write(data)
         except OSError as exc:
-            self.spool.reset_after_error()
             self.last_error = f"{exc.strerror or exc}"
             raise AuditUnavailable(f"audit sink cannot be written: {self.last_error}") from None
         self.events_written += len(self._pending)

@@ -359,11 +359,16 @@ class ClientConnection(asyncio.Protocol):
             hint = " (send your OIDC token as the password, e.g. in PGPASSWORD)" if exc.reason == "malformed" else ""
             raise StartupRefused(f"authentication failed: {exc}{hint}", "28000") from None
 
+        self._commit_or_fail()  # who connected is on record before any backend connection is made
         link, hello = await self._connect_backend(resource, forwarded)
         if self._closed:
             link.transport.close()
             return
-        self._start_relay(resource, link, hello)
+        try:
+            self._start_relay(resource, link, hello)
+        except StartupRefused:
+            link.transport.close()
+            raise
 
     async def _connect_backend(self, resource: PgResource, forwarded: dict[str, str]) -> tuple[BackendLink, BackendHello]:
         """Connect with the brokered credential. A refused credential was probably rotated: fetch it
@@ -409,7 +414,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _commit_or_fail(self) -> None:
         """Start-up events must be written too; without the sink, refuse the session."""
-        future = self.session.commit()
+        try:
+            future = self.session.commit()
+        except AuditUnavailable as exc:
+            raise StartupRefused(f"{exc}; no session can start until it is back", "58030") from None
         if future is not None:
             # `always` mode at start-up: the session cannot act before its next commit, which waits
             # for this one, so no need to block the hand-shake here.
