@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -119,17 +118,10 @@ def _policy_schema(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from urllib.parse import urlparse
-
     from wardgate.audittool import format_report, verify_trail
 
-    location = args.location
-    if location.startswith("file://"):
-        parsed = urlparse(location)
-        location = (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
-    directory = Path(location)
-    if not directory.is_dir():
-        print(f"wardgate audit verify: {args.location}: not a directory", file=sys.stderr)
+    directory = _trail_directory(args.location, "audit verify")
+    if directory is None:
         return 2
     trusted = None
     if args.trusted_key:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import signal
 import ssl
@@ -15,6 +14,7 @@ from aiohttp import web
 
 from wardgate.config import GatewayConfig, IssuerConfig, ResourceConfig, parse_address
 from wardgate.core.audit import AuditUnavailable, Recorder, open_sink
+from wardgate.core.files import create_file_atomically
 from wardgate.core.credentials import CredentialBroker, open_source
 from wardgate.core.devissuer import DevIssuer, dev_issuer_url
 from wardgate.core.identity import TokenVerifier
@@ -157,14 +157,7 @@ class Gateway:
         if self.config.masking_key:
             return open_source(self.config.masking_key, "masking").fetch().password.encode()
         path = self.config.state_dir / "masking.key"
-        if not path.exists():
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(secrets.token_hex(32))
+        create_file_atomically(path, secrets.token_hex(32).encode(), 0o600)  # the first one created wins
         return path.read_text().strip().encode()
 
     def _pg_resource(self, name: str, resource: ResourceConfig) -> PgResource:

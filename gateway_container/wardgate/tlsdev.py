@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from wardgate.core.files import replace_file_atomically
+
 CA_CERT_NAME = "dev-ca.pem"
 CA_KEY_NAME = "dev-ca-key.pem"
 SERVER_CERT_NAME = "dev-server.pem"
@@ -153,8 +155,8 @@ def _load_or_create_ca(
         .sign(ca_key, hashes.SHA256())
     )
     # Key first: a CA certificate on disk always has its key next to it.
-    _write_atomically(key_path, _private_pem(ca_key), private=True)
-    _write_atomically(cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    replace_file_atomically(key_path, _private_pem(ca_key), 0o600)
+    replace_file_atomically(cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return ca_cert, ca_key
 
 
@@ -214,8 +216,8 @@ def _issue_server_certificate(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_atomically(paths.key_file, _private_pem(key), private=True)
-    _write_atomically(paths.cert_file, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    replace_file_atomically(paths.key_file, _private_pem(key), 0o600)
+    replace_file_atomically(paths.cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -224,16 +226,3 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_atomically(path: Path, data: bytes, *, private: bool) -> None:
-    """Replace ``path`` so that a reader sees the old content or the new, never a mix. Private keys
-    are created 0600 from the start rather than chmod-ed after being written."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ from urllib.parse import urlparse
 
 import orjson
 
-from wardgate.core.integrity import (build_digest, create_file_atomically, digest_path_for, encode_digest,
+from wardgate.core.files import create_file_atomically
+from wardgate.core.integrity import (build_digest, digest_path_for, encode_digest,
                                      export_public_key, gateway_of_segment, newest_digest, segment_number)
 from wardgate.core.model import Principal
 

@@ -13,7 +13,6 @@ import hashlib
 import ipaddress
 import json
 import math
-import os
 import secrets
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from wardgate.config import IssuerConfig, parse_address
+from wardgate.core.files import create_file_atomically
 
 KEY_FILE_NAME = "dev-issuer-key.pem"
 ALGORITHM = "ES256"
@@ -142,27 +142,10 @@ def _load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _create_private_file(path, pem)
+        create_file_atomically(path, pem, 0o600)  # of two starting at once, the first key wins
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError(f"{path} does not hold a P-256 private key; delete it to generate a new one")
     return key
 
 
-def _create_private_file(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 unless it exists. The content is written to a temporary file
-    and linked into place, so a reader never sees a partial key, and if two processes start at once
-    both end up using the same key (the first link wins)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-    finally:
-        temporary.unlink(missing_ok=True)

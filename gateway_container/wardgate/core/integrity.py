@@ -26,8 +26,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +33,8 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from wardgate.core.files import create_file_atomically
 
 DIGEST_FORMAT_VERSION = 1
 DIGEST_SUFFIX = ".digest.json"
@@ -84,43 +84,6 @@ class LocalEd25519Signer:
     def public_key_pem(self) -> bytes:
         return self._key.public_key().public_bytes(serialization.Encoding.PEM,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def create_file_atomically(path: Path, data: bytes, mode: int) -> bool:
-    """Create ``path`` with ``mode`` unless it exists (then return False). The content is written to a
-    temporary file and linked into place: a reader never sees a partial file, and of two writers the
-    first link wins."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        try:
-            os.link(temporary, path)
-            created = True
-        except FileExistsError:
-            created = False
-    finally:
-        temporary.unlink(missing_ok=True)
-    if created:
-        _fsync_directory(path.parent)
-    return created
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def canonical(fields: dict[str, Any]) -> bytes:

@@ -21,19 +21,18 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, Sequence
+from typing import Annotated, Any, Literal, Protocol, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
                       model_validator)
-from typing import Annotated
 
 from wardgate.config import Duration, format_validation_error
 from wardgate.core.model import Approval, Command, Decision, Principal, Verdict
-from wardgate.core.sqlclass import CLASSES, Classification
+from wardgate.core.sqlclass import Classification
 
 ClassName = Literal["read", "write", "ddl", "dcl", "admin", "session", "transaction", "copy_out", "copy_in",
                     "copy_program", "call", "unknown"]
