@@ -39,19 +39,26 @@ from wardgate.core.audit import read_segment
 
 from wardgate.devtools.pgserver import ThrowawayPostgres
 
-RESOURCE = "orders-prod"
-SUBJECT = "alice"
-GROUP = "dev"
+RESOURCE = "orders-dev"  # a development resource in the default policy: agents may write there
+SUBJECT = "agent-7"
+GROUP = "ai-agents"      # the default policy's `agent` role
 GATEWAY_START_TIMEOUT = 60.0
+EMAIL = "jane.doe@example.com"
+# The bundle the demo runs with: the safe default for AI coding agents.
+POLICY_BUNDLE = Path(__file__).resolve().parents[3] / "policies" / "ai-agent-default" / "policy.yaml"
 
 STATEMENTS = [
-    "CREATE TABLE demo_orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL)",
-    "INSERT INTO demo_orders (item, qty) VALUES ('widget', 3), ('gadget', 1), ('gizmo', 7)",
-    "SELECT id, item, qty, current_user AS backend_role FROM demo_orders ORDER BY id",
-    "SELEC item FROM demo_orders",  # does not parse: refused by the gateway
-    "SELECT count(*) AS orders, sum(qty) AS items FROM demo_orders",
+    "CREATE TABLE demo_customers (id serial PRIMARY KEY, name text NOT NULL, email text, orders int)",
+    f"INSERT INTO demo_customers (name, email, orders) VALUES ('Jane', '{EMAIL}', 3), ('Omar', 'omar@example.org', 1)",
+    "SELECT id, name, email, orders FROM demo_customers ORDER BY id",  # emails are masked
+    "DELETE FROM demo_customers WHERE 1 = 1",  # a tautology is no filter: refused
+    "DROP TABLE demo_customers",                # destructive: refused
+    "SELEC name FROM demo_customers",           # does not parse: refused
+    "SELECT count(*) AS customers, sum(orders) AS orders FROM demo_customers",
 ]
-REFUSED_MARKER = "SELEC item"
+# What must never reach PostgreSQL, and what must never reach the client.
+REFUSED_MARKERS = ("DELETE FROM demo_customers", "DROP TABLE demo_customers", "SELEC name")
+REFUSED_COUNT = 3
 
 
 class DemoError(Exception):
@@ -155,7 +162,10 @@ resources:
     password: file://{secret.resolve()}
 audit:
   sink: file://./audit   # JSON lines, one event per fact, hash-chained per session
+policy:
+  file: ./policy.yaml    # a copy of policies/ai-agent-default: edit it, the gateway reloads it
 """)
+    (demo_dir / "policy.yaml").write_text(POLICY_BUNDLE.read_text())
     return config
 
 
@@ -374,23 +384,28 @@ def run_demo(args: argparse.Namespace) -> int:
         proc = subprocess.run(argv, env=clean_env(PGPASSWORD=token, PGCONNECT_TIMEOUT="10"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
         print(indent(proc.stdout))
-        print(f"  (psql exit status {proc.returncode}; the ERROR above is the gateway refusing the statement "
-              "that does not parse: it never reached PostgreSQL)")
+        print(f"  (psql exit status {proc.returncode}. The ERRORs above are the gateway refusing, per the "
+              "policy, a DELETE\n   whose WHERE filters nothing, a DROP TABLE and a statement that does not parse: "
+              "none of them reached\n   PostgreSQL. The emails came back masked.)")
         if proc.returncode != 0:
             raise DemoError(f"psql failed (exit {proc.returncode})")
+        result_of_select = proc.stdout.split(STATEMENTS[2], 1)[-1].split(STATEMENTS[3], 1)[0]
+        if EMAIL in result_of_select:  # (psql -e echoes the INSERT that contains it; that is fine)
+            raise DemoError("an email reached the client unmasked")
 
         step("What the gateway recorded")
         files = wait_for_session_end(audit_dir, known_audit_files)
         if not files:
             raise DemoError(f"no audit file appeared in {audit_dir}")
         counts = summarize_audit(files)
-        if counts["denied"] < 1 or counts["allowed"] < len(STATEMENTS) - 1:
+        if counts["denied"] != REFUSED_COUNT or counts["allowed"] != len(STATEMENTS) - REFUSED_COUNT:
             raise DemoError(f"unexpected recording: {counts}")
         backend_log = pg.log_text()
-        if REFUSED_MARKER in backend_log:
-            raise DemoError("the refused statement reached PostgreSQL")
-        print(f"\n  PostgreSQL's own statement log has no trace of {REFUSED_MARKER!r}: the refusal happened "
-              "in the gateway.")
+        reached = [marker for marker in REFUSED_MARKERS if marker in backend_log]
+        if reached:
+            raise DemoError(f"refused statements reached PostgreSQL: {reached}")
+        print("\n  PostgreSQL's own statement log has no trace of the refused statements: the refusals "
+              "happened in the gateway.")
 
         print_by_hand(wardgate, config, conninfo, args.keep_running)
         if args.keep_running:
