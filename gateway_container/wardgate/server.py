@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from wardgate.config import GatewayConfig, IssuerConfig, ResourceConfig, parse_address
-from wardgate.core.audit import AuditUnavailable, Recorder, open_sink
+from wardgate.core.audit import AuditUnavailable, Recorder, end_crashed_sessions, open_sink
 from wardgate.core.files import create_file_atomically
 from wardgate.core.credentials import CredentialBroker, open_source
 from wardgate.core.devissuer import DevIssuer, dev_issuer_url
@@ -120,6 +120,11 @@ class Gateway:
             spool = None
         self.recorder = Recorder(spool, fsync=config.audit.fsync, fsync_interval=config.audit.fsync_interval)
         self.recorder.start(asyncio.get_running_loop())
+        if spool is not None and spool.recovered:
+            ended = end_crashed_sessions(self.recorder, spool.recovered, self.gateway_id)
+            self.recorder.commit()
+            log.warning("recovered the audit trail of a gateway that died: sealed %d segment(s), recorded the end "
+                        "of %d open session(s)", len(spool.recovered), len(ended))
         if config.policy is not None:
             policy = load_policy(config.policy.file)  # PolicyError: refuse to start, naming the key
             self._policy_stamp = _file_stamp(config.policy.file)

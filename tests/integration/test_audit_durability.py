@@ -97,15 +97,21 @@ def test_kill_9_loses_no_event_whose_result_the_client_saw(postgres):
     missing = [m for m in acknowledged if m not in decided or decided[m] not in results]
     assert not missing, f"{len(missing)} acknowledged statements have no recorded decision+result: {missing[:3]}"
 
-    # The next start seals what the dead gateway left; verify then finds exactly one problem: the
-    # killed session never ended, and says so.
+    # Before any restart the dead gateway's segment is still unsealed: verify cannot tell a crash
+    # from a gateway that is still running, and says so as a warning.
+    session = next(e["session"] for e in events if e["type"] == "session.authenticated")
+    before = verify_trail(audit)
+    assert before.ok and any("is not sealed yet" in f.message for f in before.findings), before.findings
+
+    # The next start seals what the dead gateway left and records the end of the session it cut
+    # short, continuing that session's chain: the trail then verifies whole.
     restarted = _serve(config)
     restarted.send_signal(signal.SIGTERM)
     assert restarted.wait(20) == 0
     report = verify_trail(audit)
-    failures = [f.message for f in report.findings if f.level == "error"]
-    session = next(e["session"] for e in events if e["type"] == "session.authenticated")
-    assert failures == [f"session {session} truncated: no session.ended"], failures
+    assert report.ok, [f.message for f in report.findings]
+    ended = [e for e in _events(audit) if e["type"] == "session.ended" and e["session"] == session]
+    assert len(ended) == 1 and ended[0]["recovered"] is True and "crashed or was killed" in ended[0]["reason"]
 
 
 @pytest.fixture

@@ -484,6 +484,46 @@ class SessionLog:
         return event_id
 
 
+def end_crashed_sessions(recorder: Recorder, recovered: list[Path], gateway_id: str) -> list[str]:
+    """Record the end of every session a dead gateway left open, continuing each session's chain.
+
+    ``recovered`` are the segments :meth:`FileSpool.recover` sealed for gateways that died. Every
+    segment of those gateways is read (a session idle across a rotation may have its last events in an
+    older one); a session whose last event is not ``session.ended`` gets one, saying so. Returns the
+    session ids ended this way."""
+    from wardgate.core.integrity import gateway_of_segment
+
+    dead = {gateway_of_segment(path.name) for path in recovered}
+    if not dead:
+        return []
+    directory = recovered[0].parent
+    last: dict[str, tuple[dict[str, Any], bytes]] = {}
+    for path in sorted(directory.glob("*.jsonl")):
+        if gateway_of_segment(path.name) not in dead:
+            continue
+        for line in read_segment(path):
+            event = orjson.loads(line)
+            session = event.get("session", "")
+            if not session.startswith("gateway-"):
+                last[session] = (event, line)
+    ended = []
+    for session, (event, line) in last.items():
+        if event.get("type") == "session.ended":
+            continue
+        log = SessionLog(recorder, session, {key: event[key] for key in ("gateway", "protocol", "resource")
+                                             if key in event})
+        log.seq = event["seq"]
+        log.prev_hash = hashlib.sha256(line).hexdigest().encode()
+        log.identity = event.get("identity")
+        log._fixed = log._serialize_fixed()
+        log.emit("session.ended", {
+            "reason": f"the gateway stopped without ending this session (it crashed or was killed); "
+                      f"recorded when gateway {gateway_id} recovered its trail",
+            "recovered": True, "last_event": event.get("id"), "controls": ["AU-5", "IR-4"]})
+        ended.append(session)
+    return ended
+
+
 def new_session_id() -> str:
     # Time-ordered prefix so listings sort by start time; random suffix for uniqueness.
     return f"{int(time.time() * 1000):013x}{uuid.uuid4().hex[:12]}"
