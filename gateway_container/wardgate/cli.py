@@ -192,6 +192,38 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evidence_export(args: argparse.Namespace) -> int:
+    from wardgate.core.integrity import LocalEd25519Signer
+    from wardgate.evidence import EvidenceError, export_evidence
+
+    directory = _trail_directory(args.location, "evidence export")
+    if directory is None:
+        return 2
+    signer = None
+    if args.signing_key:
+        key = Path(args.signing_key)
+        if not key.is_file():
+            print(f"wardgate evidence export: --signing-key {key}: no such file", file=sys.stderr)
+            return 2
+        try:
+            signer = LocalEd25519Signer(key)
+        except ValueError as exc:
+            print(f"wardgate evidence export: --signing-key: {exc}", file=sys.stderr)
+            return 2
+    try:
+        package = export_evidence(directory, Path(args.out), since=args.since, until=args.until, signer=signer)
+    except EvidenceError as exc:
+        print(f"wardgate evidence export: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"wardgate evidence export: {exc}", file=sys.stderr)
+        return 2
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(package["summary"].items()))
+    print(f"wardgate evidence export: wrote {args.out}: {package['verification']['summary']}; controls: {statuses}"
+          + ("" if signer else "; manifest NOT signed (no --signing-key)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgate", description="Layer 7 access gateway for AI agents and CI")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -259,6 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--full", action="store_true", help="statements and messages in full")
     replay.add_argument("--json", action="store_true", help="the session's events as recorded (a JSON array)")
     replay.set_defaults(func=_replay)
+
+    evidence = commands.add_parser("evidence", help="export compliance evidence from an audit trail")
+    evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True)
+    export = evidence_commands.add_parser(
+        "export", help="evidence per NIST SP 800-53 control for a period: JSON, HTML, OSCAL, signed manifest")
+    export.add_argument("location", help="the audit sink directory (or file://DIR), or a copy of it")
+    export.add_argument("--since", help="period start (ISO 8601 time or date)")
+    export.add_argument("--until", help="period end (ISO 8601 time or date: the whole day)")
+    export.add_argument("--out", required=True, help="directory to write the evidence package into")
+    export.add_argument("--signing-key", help="Ed25519 private key (PKCS#8 PEM) that signs manifest.json, e.g. "
+                        "the gateway's state_dir/audit-signing-key.pem")
+    export.set_defaults(func=_evidence_export)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", required=True)

@@ -275,7 +275,7 @@ class ClientConnection(asyncio.Protocol):
         except ssl.SSLError as exc:  # no ErrorResponse possible: the channel itself failed
             log.info("TLS handshake with %s failed: %s", self.peer, exc.reason or exc)
             if self.session is not None:
-                self.session.note("session.refused", reason="tls_handshake_failed")
+                self.session.note("session.refused", reason="tls_handshake_failed", controls=["SC-8"])
             self._close()
         except Exception:  # never leak a stack trace to the client; log it for operators
             log.exception("unexpected error during start-up from %s", self.peer)
@@ -378,15 +378,15 @@ class ClientConnection(asyncio.Protocol):
                 credential = await resource.broker.get()
                 return await connect_backend(resource.target, credential.username, credential.password, forwarded)
             except CredentialError as exc:
-                self.session.note("session.backend_failed", reason=str(exc))
+                self.session.note("session.backend_failed", reason=str(exc), controls=["IA-5", "AU-2"])
                 raise StartupRefused(f"cannot obtain credentials for resource {resource.name!r}: {exc}",
                                      "08001") from None
             except BackendError as exc:
                 if exc.credentials_refused and attempt == 1:
                     resource.broker.invalidate()
-                    self.session.note("session.credential_refreshed", reason=str(exc))
+                    self.session.note("session.credential_refreshed", reason=str(exc), controls=["IA-5"])
                     continue
-                self.session.note("session.backend_failed", reason=str(exc))
+                self.session.note("session.backend_failed", reason=str(exc), controls=["AU-2"])
                 raise StartupRefused(f"cannot connect to resource {resource.name!r}: {exc}", "08001") from None
         raise AssertionError("unreachable")
 
@@ -394,7 +394,7 @@ class ClientConnection(asyncio.Protocol):
         self.backend = link
         self._cancel_pid, secret = self.frontend.cancels.issue(
             resource.target.host, resource.target.port, hello.process_id, hello.secret_key)
-        self.session.note("session.connected", backend_pid=hello.process_id)
+        self.session.note("session.connected", backend_pid=hello.process_id, controls=["AC-3", "IA-5"])
         self._commit_or_fail()
         greeting = [wire.auth_request(wire.AUTH_OK), *hello.parameter_status, *hello.notices,
                     wire.backend_key_data(self._cancel_pid, secret), wire.ready_for_query(hello.ready_status)]
@@ -1018,12 +1018,12 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         if self.session is not None:
-            self.session.note("session.backend_lost", error=str(exc) if exc else None)
+            self.session.note("session.backend_lost", error=str(exc) if exc else None, controls=["AU-2", "IR-4"])
         self.fatal("08006", "wardgate: the backend closed the connection")
 
     def _close_after_forwarding(self, sqlstate: str, text: str) -> None:
         """Like :meth:`fatal`, but the error queues behind what is already being forwarded."""
-        self.session.note("session.aborted", code=sqlstate, message=text)
+        self.session.note("session.aborted", code=sqlstate, message=text, controls=["AU-2", "IR-4"])
         if self.backend is not None:
             self.backend.on_data = _drop
             self.backend.on_lost = None
@@ -1037,7 +1037,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             return
         if self.session is not None:
-            self.session.note("session.aborted", code=sqlstate, message=text)
+            self.session.note("session.aborted", code=sqlstate, message=text, controls=["AU-2", "IR-4"])
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(wire.error_response(sqlstate, text, severity="FATAL"))
         self._close()
