@@ -14,7 +14,7 @@ from wardgate.core.audit import AuditUnavailable, Recorder, SessionLog, new_sess
 from wardgate.core.identity import AuthenticationError, TokenVerifier
 from wardgate.core.model import Command, Decision, Principal, Verdict
 from wardgate.core.policy import Policy
-from wardgate.core.sqlclass import SqlParseError, classify
+from wardgate.core.sqlclass import ENCODING_CHANGE, SqlParseError, classify
 
 
 class Observer(Protocol):
@@ -136,6 +136,11 @@ class Session:
                                     f"statement refused: it cannot be parsed ({exc})", _UNPARSEABLE_CONTROLS)
         if decision is not None:
             pass
+        elif classification is not None and any(ENCODING_CHANGE in st.reasons for st in classification.statements):
+            decision = Decision(Verdict.DENY, "builtin:client-encoding",
+                                "statement refused: changing client_encoding is not supported through wardgate "
+                                "(statements are decided on their UTF-8 text)", ("AC-3", "SI-10"),
+                                tuple(sorted(classification.classes)), tuple(sorted(classification.tables)))
         elif self.core.recorder.last_error is not None:
             decision = Decision(Verdict.DENY, "builtin:audit-unavailable",
                                 f"statement refused: {self.core.recorder.last_error}; "

@@ -171,7 +171,7 @@ from pglast.enums.lockdefs import AccessShareLock
 from pglast.enums.primnodes import BoolExprType, BoolTestType, NullTestType
 
 __all__ = [
-    "ADMIN_FUNCTIONS", "ADMIN_FUNCTION_PREFIXES", "ADMIN_SETTINGS", "CLASSES", "Classification",
+    "ADMIN_FUNCTIONS", "ADMIN_FUNCTION_PREFIXES", "ADMIN_SETTINGS", "CLASSES", "Classification", "ENCODING_CHANGE",
     "SESSION_FUNCTIONS", "SqlParseError", "StatementClass", "WRITE_FUNCTIONS", "classify",
     "clear_caches",
 ]
@@ -219,6 +219,10 @@ WRITE_FUNCTIONS = frozenset({
 SESSION_FUNCTIONS = frozenset({"set_config", "pg_notify"})
 # Settings whose SET/RESET is also "admin" (lower-case; PostgreSQL compares GUC names case-insensitively).
 ADMIN_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})
+# The gateway reads statements as UTF-8: a session that changed its client encoding could make the
+# backend read different text from what the policy decided. The core refuses statements with this
+# reason whatever the policy says.
+ENCODING_CHANGE = "changes client_encoding: the gateway reads statements as UTF-8"
 
 # Texts longer than this skip the exact-text LRU; normalized texts longer than NORMALIZED_CACHE_MAX_CHARS
 # skip the normalized cache. Worst-case key memory: 65536 × 4 KiB + 8192 × 16 KiB.
@@ -565,6 +569,8 @@ def _set_config(fc: A.FuncCall, name: str, c: _Collector) -> None:
         setting = arg.val.sval.lower()
         if setting in ADMIN_SETTINGS:
             c.add("admin", f"calls {name}('{setting}', …), which changes the session's identity or privileges")
+        elif setting == "client_encoding":
+            c.add("admin", ENCODING_CHANGE)
         return
     if isinstance(arg, A.ParamRef):
         c.needs_values = True
@@ -862,6 +868,8 @@ def _s_set(n: A.VariableSetStmt, c: _Collector, ex: bool, ctes: frozenset[str]) 
             c.add("session")
             if name in ADMIN_SETTINGS:
                 c.add("admin", f"{verb} {name} changes the session's identity or privileges")
+            elif name == "client_encoding" and verb == "SET":
+                c.add("admin", ENCODING_CHANGE)
     _walk(n.args, c, False, ctes)
     return verb
 
