@@ -29,6 +29,7 @@ class CatalogResolver:
         self._link: BackendLink | None = None
         self._lock = asyncio.Lock()
         self._relations: dict[str, tuple[float, int | None]] = {}  # name as written → (loaded, oid)
+        self.generation = 0  # bumped at every load: plans built from older names are not reused
 
     def oid_of(self, relation: str) -> int | None:
         """The OID of a relation named as in a statement, if looked up recently (else None)."""
@@ -92,6 +93,7 @@ class CatalogResolver:
                 entry = loaded[int(oid)]
                 loaded[int(oid)] = (now, f"{schema}.{table}", {**entry[2], int(attnum): attname})
             self._columns.update(loaded)
+            self.generation += 1
 
     async def _query(self, sql: str) -> list[list[str]]:
         for attempt in (1, 2):

@@ -773,8 +773,9 @@ class ClientConnection(asyncio.Protocol):
         missing = self.catalog.missing(f.table_oid for f in fields)
         if missing:
             raise _NeedCatalog(missing)
-        self._masker = ResultMasker.build(fields, head[4], self.catalog.column, self._tables.get(head[1], ()),
-                                          self.frontend.masking_key, self._mask_report)
+        catalog = self.catalog
+        self._masker = ResultMasker.build(fields, head[4], catalog.column, self._tables.get(head[1], ()),
+                                          self.frontend.masking_key, self._mask_report, catalog.generation)
         self._masker_head = head
 
     def _mask_datarow(self, head: tuple, data: bytes, start: int, end: int) -> bytes | None:

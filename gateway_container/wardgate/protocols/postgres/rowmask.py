@@ -113,6 +113,7 @@ def _touches_named_table(profile, tables) -> bool:
     return False
 
 
+_BUILT: dict[tuple, tuple] = {}  # (fields id, profile id, tables, catalog generation) → (fields, profile, plan)
 _PLANS: dict[tuple, tuple] = {}  # (profile id, columns, redact_computed) → (profile, plan): built once
 
 
@@ -199,11 +200,22 @@ class ResultMasker:
         return mask
 
     @classmethod
-    def build(cls, fields: list[Field], profile, resolve, tables, key: bytes,
-              report: MaskReport) -> "ResultMasker | None":
-        labels = [resolve(f.table_oid, f.attnum) if f.table_oid else None for f in fields]
-        redact_computed = profile.redact_computed and touches_named_table(profile, tables)
-        plan = _plan(fields, labels, profile, redact_computed)
+    def build(cls, fields, profile, resolve, tables, key: bytes, report: MaskReport,
+              generation: int = 0) -> "ResultMasker | None":
+        """``generation`` is the catalog's: names resolved under another one may have changed."""
+        # A result shape repeats (parse_row_description returns the same tuple for the same bytes):
+        # its plan is looked up by identity, confirmed, instead of resolving columns again.
+        cache_key = (id(fields), id(profile), tuple(tables), generation)
+        hit = _BUILT.get(cache_key)
+        if hit is not None and hit[0] is fields and hit[1] is profile:
+            plan = hit[2]
+        else:
+            labels = [resolve(f.table_oid, f.attnum) if f.table_oid else None for f in fields]
+            redact_computed = profile.redact_computed and touches_named_table(profile, tables)
+            plan = _plan(list(fields), labels, profile, redact_computed)
+            if len(_BUILT) > 4096:
+                _BUILT.clear()
+            _BUILT[cache_key] = (fields, profile, plan)
         return cls(plan, key, report) if plan else None
 
     def finish(self) -> None:
