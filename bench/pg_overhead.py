@@ -56,7 +56,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,7 +66,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from wardgate.devtools.pgserver import ThrowawayPostgres
+from wardgate.devtools.pgserver import ThrowawayPostgres, env_without_libpq as clean_env, free_port
 
 RESOURCE = "orders-prod"
 CLIENT_USER = "alice"
@@ -129,19 +128,6 @@ MASKING_PATHS = (
 
 
 # --------------------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without PG* variables (they would redirect pgbench), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(extra)
-    return env
-
-
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as handle:

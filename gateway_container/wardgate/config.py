@@ -247,22 +247,29 @@ def format_validation_error(source: Path | str, error: ValidationError, what: st
     return "\n".join(lines)
 
 
+def validate_yaml(raw: bytes | str, source: Path | str, model: type[BaseModel], what: str,
+                  error: type[Exception]):
+    """YAML text → a validated ``model``; every failure is an ``error`` naming ``source`` and, for
+    schema problems, the bad key."""
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{source}: a {what} must be a mapping of keys to values")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(format_validation_error(source, exc, what)) from None
+
+
 def load_config(path: Path | str) -> GatewayConfig:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the configuration must be a mapping of keys to values")
-    try:
-        config = GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(path, exc)) from None
+    config = validate_yaml(text, path, GatewayConfig, "configuration", ConfigError)
     # Relative paths are relative to the config file, so a config works wherever it is run from.
     base = path.parent
     update: dict = {"state_dir": (base / config.state_dir).resolve()}

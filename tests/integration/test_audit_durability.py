@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,12 +19,7 @@ import yaml
 
 from wardgate.audittool import verify_trail
 from wardgate.core.audit import read_segment
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from wardgate.devtools.pgserver import free_port
 
 
 def _events(directory: Path) -> list[dict]:
@@ -47,7 +41,7 @@ def _serve(config: Path) -> subprocess.Popen:
 
 
 def _config(workdir: Path, postgres, audit_dir: Path) -> tuple[Path, int]:
-    port, control = _free_port(), _free_port()
+    port, control = free_port(), free_port()
     os.environ["WARDGATE_DURABILITY_PW"] = postgres.service_password
     config = {
         "listeners": [{"protocol": "postgres", "address": f"127.0.0.1:{port}",

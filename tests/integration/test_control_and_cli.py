@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from wardgate.core.audit import read_segment
 from wardgate.devtools.harness import GatewayThread
+from wardgate.devtools.pgserver import free_port
 
 RESOURCE = "orders-prod"
 HTTP_TIMEOUT = 10.0
@@ -55,12 +55,6 @@ def metric_samples(gateway: GatewayThread) -> dict[tuple[str, frozenset], float]
 
 def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wardgate_command() -> list[str]:

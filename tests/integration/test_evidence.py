@@ -14,7 +14,6 @@ import json
 import shutil
 import tempfile
 import textwrap
-import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 
 from wardgate.cli import main
 from wardgate.core.integrity import LocalEd25519Signer
+from wardgate.devtools.harness import wait_for
 from wardgate.evidence import CONTROLS, export_evidence, verify_manifest
 
 pytestmark = pytest.mark.timeout(180)
@@ -48,17 +48,6 @@ POLICY = textwrap.dedent("""
         columns:
           - {match: "*.PEOPLE.email", strategy: redact}
 """)
-
-
-def _wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -91,7 +80,7 @@ def recorded(postgres, make_gateway):
                 return event["session"]
         return None
 
-    session = _wait_for(ended)
+    session = wait_for(ended)
     trail = Path(gateway.gateway.recorder.spool.directory)
     gateway.stop()  # seals the last segment
     return gateway, trail, session, table

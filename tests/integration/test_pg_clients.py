@@ -19,7 +19,6 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from psycopg import errors as pgerrors
 
 from wardgate.core.audit import read_segment
 
-from wardgate.devtools.harness import GatewayThread
+from wardgate.devtools.harness import GatewayThread, wait_for
 
 RESOURCE = "orders-prod"
 SERVICE_ROLE = "wardgate_svc"
@@ -73,17 +72,6 @@ def _psql(gateway: GatewayThread, token: str, *args: str, sslmode: str = "verify
                           stdin=subprocess.DEVNULL)
 
 
-def _wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
 def _session_events(gateway: GatewayThread, subject: str, *, ended: bool = True,
                     timeout: float = 10.0) -> list[dict[str, Any]]:
     """The audit events of the (single) session authenticated as ``subject``; waits for its end."""
@@ -100,7 +88,7 @@ def _session_events(gateway: GatewayThread, subject: str, *, ended: bool = True,
             return None
         return mine
 
-    return _wait_for(find, timeout)
+    return wait_for(find, timeout=timeout)
 
 
 def _decided(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -188,7 +176,7 @@ def test_psql_cancel_with_sigint(gateway: GatewayThread, postgres) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: _direct_rows(
+        wait_for(lambda: _direct_rows(
             postgres, "select count(*) from pg_stat_activity where query like %s and state = 'active'",
             (f"%{tag}%",))[0][0] == 1)
         started = time.monotonic()
@@ -558,7 +546,7 @@ def test_psycopg_cancel(gateway: GatewayThread, postgres) -> None:
 
         def cancel_when_running() -> None:
             try:
-                _wait_for(lambda: _direct_rows(
+                wait_for(lambda: _direct_rows(
                     postgres, "select count(*) from pg_stat_activity where query like %s and state = 'active'",
                     (f"%{tag}%",))[0][0] == 1)
                 victim.cancel_safe(timeout=5)
@@ -669,7 +657,7 @@ def test_plaintext_client_is_refused(gateway: GatewayThread, postgres) -> None:
     assert "TLS" in result.stderr
     # Refused before any backend connection was made.
     assert "connection received" not in postgres.log_text(since=offset)
-    refused = _wait_for(lambda: [e for e in gateway.audit_events()
+    refused = wait_for(lambda: [e for e in gateway.audit_events()
                                  if e["type"] == "session.refused" and e.get("reason") == "tls_required"])
     assert len(refused) >= 2
 
@@ -832,7 +820,7 @@ def test_backend_terminated_by_administrator(gateway: GatewayThread, postgres) -
         backend_pid = conn.execute("select pg_backend_pid()").fetchone()[0]
         assert conn.info.backend_pid != backend_pid, "the client sees the gateway's key, not the backend's"
         assert _direct_rows(postgres, "select pg_terminate_backend(%s)", (backend_pid,)) == [(True,)]
-        _wait_for(lambda: _direct_rows(postgres, "select count(*) from pg_stat_activity where pid = %s",
+        wait_for(lambda: _direct_rows(postgres, "select count(*) from pg_stat_activity where pid = %s",
                                        (backend_pid,)) == [(0,)])
         with pytest.raises(psycopg.OperationalError, match="terminating connection due to administrator command"):
             conn.execute("select 1")

@@ -19,21 +19,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 import pytest
 import yaml
 from psycopg import errors
 
-from wardgate.devtools.harness import GatewayThread, default_test_config
+from wardgate.devtools.harness import GatewayThread, default_test_config, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "policies" / "ai-agent-default" / "policy.yaml"
 PROD, DEV = "orders-prod", "orders-dev"
-WAIT = 10.0  # seconds to wait for something asynchronous (log lines, policy reloads)
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -98,17 +97,6 @@ def assert_refused(error: psycopg.Error, rule: str, *fragments: str) -> None:
     assert f"rule: {rule}" in detail, (primary, detail)
     for fragment in fragments:
         assert fragment in primary, (fragment, primary)
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 _LOG_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", re.MULTILINE)

@@ -14,7 +14,6 @@ import json
 import shutil
 import tempfile
 import textwrap
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import psycopg
 import pytest
 
 from wardgate.cli import main
-from wardgate.devtools.harness import GatewayThread
+from wardgate.devtools.harness import GatewayThread, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,17 +46,6 @@ POLICY = textwrap.dedent("""
         columns:
           - {match: "*.PEOPLE.email", strategy: redact}
 """)
-
-
-def _wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -88,7 +76,7 @@ def recorded(postgres, make_gateway) -> tuple[GatewayThread, str, str, str]:
                 return event["session"]
         return None
 
-    session = _wait_for(ended)
+    session = wait_for(ended)
     return gateway, str(gateway.gateway.recorder.spool.directory), session, table
 
 
@@ -136,7 +124,7 @@ def test_sessions_lists_and_filters(recorded, capsys):
     # A session that does not match the filters, by another subject.
     with psycopg.connect(gateway.dsn(gateway.token("other", groups=("dev",)), "orders-prod"), autocommit=True) as c:
         c.execute("SELECT 1").fetchall()
-    _wait_for(lambda: len(_sessions_json(capsys, directory)) == 2)
+    wait_for(lambda: len(_sessions_json(capsys, directory)) == 2)
     assert [r["session"] for r in _sessions_json(capsys, directory, "--decision", "deny")] == [session]
     assert [r["subject"] for r in _sessions_json(capsys, directory, "--subject", "oth*")] == ["other"]
     starts = [r["start"] for r in _sessions_json(capsys, directory)]
@@ -191,7 +179,7 @@ def test_replay_resolves_prefixes(recorded, capsys):
     # Two sessions: the empty-ish common prefix is ambiguous and says which sessions it matches.
     with psycopg.connect(gateway.dsn(gateway.token("other", groups=("dev",)), "orders-prod"), autocommit=True) as c:
         c.execute("SELECT 1").fetchall()
-    _wait_for(lambda: len(_sessions_json(capsys, directory)) == 2)
+    wait_for(lambda: len(_sessions_json(capsys, directory)) == 2)
     ids = [r["session"] for r in _sessions_json(capsys, directory)]
     common = ""
     for a, b in zip(*ids):

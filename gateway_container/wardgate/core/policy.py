@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator,
                       model_validator)
 
-from wardgate.config import Duration, format_validation_error
+from wardgate.config import Duration, validate_yaml
 from wardgate.core.model import Approval, Command, Decision, Principal, Verdict
 from wardgate.core.sqlclass import Classification
 
@@ -455,16 +454,7 @@ def load_policy(path: Path | str) -> PolicyEngine:
 
 
 def parse_policy(raw: bytes, source: str = "<memory>") -> PolicyEngine:
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise PolicyError(f"{source}: a policy must be a mapping")
-    try:
-        bundle = PolicyBundle.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(format_validation_error(source, exc, "policy")) from None
+    bundle = validate_yaml(raw, source, PolicyBundle, "policy", PolicyError)
     return PolicyEngine(bundle, "sha256:" + hashlib.sha256(raw).hexdigest(), source)
 
 

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +35,7 @@ import orjson
 
 from wardgate.core.audit import read_segment
 
-from wardgate.devtools.pgserver import ThrowawayPostgres
+from wardgate.devtools.pgserver import ThrowawayPostgres, env_without_libpq as clean_env, free_port
 
 RESOURCE = "orders-dev"  # a development resource in the default policy: agents may write there
 SUBJECT = "agent-7"
@@ -119,18 +117,6 @@ def wardgate_command() -> str:
 
 
 # ------------------------------------------------------------------------------------- set-up
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(extra)
-    return env
-
-
 def write_config(demo_dir: Path, pg: ThrowawayPostgres, port: int, control_port: int) -> Path:
     demo_dir.mkdir(parents=True, exist_ok=True)
     # The gateway's own backend password, in a file only we can read (a credential URL, file://).

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import orjson
 import uvloop
@@ -18,6 +19,19 @@ import uvloop
 from wardgate.config import GatewayConfig
 from wardgate.core.audit import read_segment
 from wardgate.server import Gateway
+
+
+def wait_for(condition: Callable[[], Any], what: str = "the condition", *, timeout: float = 10.0,
+             interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy (and return that); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 class GatewayThread:

@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable
 
-__all__ = ["ThrowawayPostgres", "find_pg_binary", "PG_AUTH_METHODS"]
+__all__ = ["ThrowawayPostgres", "find_pg_binary", "PG_AUTH_METHODS", "free_port", "env_without_libpq"]
 
 PG_AUTH_METHODS = frozenset({"scram-sha-256", "md5", "password", "trust"})
 
@@ -132,7 +132,8 @@ def _remove_stale_dirs(parent: Path | None, prefix: str) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to 0, read, release)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -155,10 +156,16 @@ def _libpq_value(value: str | int) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _clean_env() -> dict[str, str]:
-    """The environment without PG* variables that would redirect our clients."""
+def env_without_libpq(**extra: str) -> dict[str, str]:
+    """The environment without PG* variables (they would redirect psql/pgbench), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
+    env.update(extra)
+    return env
+
+
+def _clean_env() -> dict[str, str]:
+    """For the server programs: no PG* variables, and the C locale."""
+    env = env_without_libpq(LC_ALL="C")
     env.pop("LANG", None)
     return env
 
@@ -572,7 +579,7 @@ class ThrowawayPostgres:
     def _start_server(self) -> None:
         last_error = ""
         for _attempt in range(PORT_ATTEMPTS):
-            self.port = _free_port()
+            self.port = free_port()
             self._write_conf()
             offset = self.log_size()
             if self._spawn_postmaster():
