@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from wardgate.core.integrity import (DIGEST_SUFFIX, GENESIS_HASH, KEYS_DIRECTORY, ed25519_key_id, gateway_of_segment,
+from wardgate.core.integrity import (DIGEST_SUFFIX, GENESIS_HASH, KEYS_DIRECTORY, public_key_id, gateway_of_segment,
                                      load_public_key, segment_name_of_digest, segment_number, verify_signature)
 
 ERROR = "error"
@@ -197,15 +197,15 @@ def _load_keys(directory: Path, trusted_keys: list[bytes] | None, report: Report
     if trusted_keys is not None:
         for pem in trusted_keys:
             key = load_public_key(pem)
-            keys[ed25519_key_id(key)] = key
+            keys[public_key_id(key)] = key
         return keys
     for path in sorted((directory / KEYS_DIRECTORY).glob("*.pem")):
         try:
             key = load_public_key(path.read_bytes())
         except (OSError, ValueError) as exc:
-            report.add(ERROR, "bad_key", f"key file {KEYS_DIRECTORY}/{path.name} is not an Ed25519 public key: {exc}")
+            report.add(ERROR, "bad_key", f"key file {KEYS_DIRECTORY}/{path.name} is not an Ed25519 or ECDSA P-256 public key: {exc}")
             continue
-        if ed25519_key_id(key) != path.stem:
+        if public_key_id(key) != path.stem:
             report.add(ERROR, "bad_key", f"key file {KEYS_DIRECTORY}/{path.name} does not match its id (replaced?)")
             continue
         keys[path.stem] = key
@@ -261,7 +261,7 @@ def verify_trail(directory: Path, *, since: str | None = None, until: str | None
             if in_window(*seg.digest_times):
                 report.add(ERROR, "unknown_key", f"unknown key {key_id} for digest {name}")
             continue
-        if record.get("algorithm") != "Ed25519" or not verify_signature(record, key):
+        if not verify_signature(record, key):
             forged.add(name)
             if in_window(*seg.digest_times):
                 report.add(ERROR, "forged_digest", f"forged or altered digest {name}")

@@ -31,8 +31,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from wardgate.core.files import create_file_atomically
 
@@ -40,6 +40,11 @@ DIGEST_FORMAT_VERSION = 1
 DIGEST_SUFFIX = ".digest.json"
 KEYS_DIRECTORY = "keys"
 ALGORITHM_ED25519 = "Ed25519"
+# Cloud KMS keys that sign with ECDSA on P-256 (AWS KMS ECC_NIST_P256, Cloud KMS EC_SIGN_P256_SHA256,
+# Key Vault ES256): the signature is DER-encoded (r, s) over SHA-256 of the canonical bytes.
+ALGORITHM_ECDSA_P256 = "ECDSA_P256_SHA256"
+ALGORITHMS = (ALGORITHM_ED25519, ALGORITHM_ECDSA_P256)
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 GENESIS_HASH = "0" * 64
 
 
@@ -58,6 +63,15 @@ class Signer(Protocol):
 def ed25519_key_id(public_key: ed25519.Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_key_id(public_key: PublicKey) -> str:
+    """The id a trail names a key by: SHA-256 of the raw Ed25519 key, or of an EC key's
+    SubjectPublicKeyInfo DER, first 16 hex digits."""
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return ed25519_key_id(public_key)
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
 
 
 class LocalEd25519Signer:
@@ -194,17 +208,28 @@ def newest_digest(directory: Path) -> tuple[str, str] | None:
     return None if best is None else (best[1], best[2])
 
 
-def load_public_key(pem: bytes) -> ed25519.Ed25519PublicKey:
+def load_public_key(pem: bytes) -> PublicKey:
+    """An Ed25519 or ECDSA P-256 public key (PEM SubjectPublicKeyInfo); anything else is refused."""
     key = serialization.load_pem_public_key(pem)
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ValueError("not an Ed25519 public key")
-    return key
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    raise ValueError("not an Ed25519 or ECDSA P-256 public key")
 
 
-def verify_signature(record: dict[str, Any], key: ed25519.Ed25519PublicKey) -> bool:
+def verify_signature(record: dict[str, Any], key: PublicKey) -> bool:
+    """The record's signature over its canonical bytes, with the algorithm it names, which must be
+    the key's own (an Ed25519 key never vouches for an ECDSA signature, nor the reverse)."""
+    algorithm = record.get("algorithm")
     try:
         signature = base64.b64decode(str(record.get("signature", "")), validate=True)
-        key.verify(signature, canonical(record))
-        return True
+        if algorithm == ALGORITHM_ED25519 and isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, canonical(record))
+            return True
+        if algorithm == ALGORITHM_ECDSA_P256 and isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, canonical(record), ec.ECDSA(hashes.SHA256()))
+            return True
+        return False
     except (InvalidSignature, ValueError):
         return False

@@ -1,0 +1,1 @@
+"""aws adapters for the core's ports (see wardgate.adapters)."""

@@ -1,0 +1,1 @@
+"""azure adapters for the core's ports (see wardgate.adapters)."""

@@ -1,0 +1,1 @@
+"""gcp adapters for the core's ports (see wardgate.adapters)."""

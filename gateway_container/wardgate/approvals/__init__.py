@@ -1,0 +1,1 @@
+"""Approval flow: held commands, approver decisions, notifications and webhooks (cloud-agnostic)."""
