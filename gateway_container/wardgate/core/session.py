@@ -10,10 +10,13 @@ import asyncio
 import time
 from typing import Any, Protocol
 
+from wardgate.core.approval import (APPROVAL_CONTROLS, DECISION_CONTROLS, POLL_SECONDS, ApprovalBroker, Held,
+                                    approver_names, command_hash)
 from wardgate.core.audit import AuditUnavailable, Recorder, SessionLog, new_session_id
 from wardgate.core.identity import AuthenticationError, TokenVerifier
 from wardgate.core.model import Command, Decision, Principal, Verdict
 from wardgate.core.policy import Policy
+from wardgate.core.masking import MaskStrategy, mask_findings, scan
 from wardgate.core.sqlclass import ENCODING_CHANGE, SqlParseError, classify
 
 
@@ -39,16 +42,31 @@ _UNPARSEABLE_CONTROLS = ("AC-3", "SI-10")
 _AUDIT_DOWN_CONTROLS = ("AU-5", "AC-3")
 _RESULT_CONTROLS = ("AU-3", "AU-12")
 _ALLOW = Verdict.ALLOW
+_REVIEW = Verdict.REVIEW
+# Secrets and PII inside a held statement are redacted in the approval request (the approver sees
+# the statement's shape; the hash binds the exact text).
+_REQUEST_REDACTION = MaskStrategy.redact()
+
+
+def _redacted(text: str) -> str:
+    findings = scan(text)
+    return mask_findings(text, findings, _REQUEST_REDACTION) if findings else text
 
 
 class DecisionCore:
     def __init__(self, *, verifier: TokenVerifier, policy: Policy, recorder: Recorder,
-                 gateway_id: str, observer: Observer | None = None):
+                 gateway_id: str, observer: Observer | None = None,
+                 approvals: ApprovalBroker | None = None, approve_hint: str = "",
+                 grant_refresh: float = 5.0):
         self.verifier = verifier
         self.policy = policy
         self.recorder = recorder
         self.gateway_id = gateway_id
         self.observer = observer or NullObserver()
+        # Without an approval service, ``review`` decisions are refused with the approvers' names.
+        self.approvals = approvals
+        self.approve_hint = approve_hint
+        self.grant_refresh = grant_refresh
         # Facts about the gateway itself (policy loads…) form their own chain.
         self.system_log = SessionLog(recorder, f"gateway-{gateway_id}", {"gateway": gateway_id})
 
@@ -91,6 +109,15 @@ class Session:
         self._ended = False
         self._roles_policy: Policy | None = None
         self._roles: tuple[str, ...] = ()
+        # rule name → (time.time() until which an approval with scope session/duration covers it,
+        # request id)
+        self._approved_rules: dict[str, tuple[float, str]] = {}
+        self._grants: list[Any] = []  # approved JIT access grants (role, expires_at…) for this resource
+        self._grants_due = 0.0       # time.monotonic() of the next grant refresh
+        self._grants_refreshing = False
+        self._withdraw: dict[str, str] = {}  # request id → why the client withdrew it
+        self.held: Held | None = None
+        self._end_after_hold: str | None = None
         self.log.emit("session.started", {"peer": peer, "tls": tls, "client": client,
                                            "controls": ["AU-2", "AU-3", "AU-12"]})
         core.observer.session_opened(protocol, resource)
@@ -113,6 +140,8 @@ class Session:
                                                  "expires_at": principal.expires_at,
                                                  "controls": ["IA-2", "IA-5", "AC-2"]})
         self.core.observer.authenticated(self.protocol, True, "ok")
+        if self.core.approvals is not None:
+            await self.refresh_grants()
         return principal
 
     def roles(self) -> tuple[str, ...]:
@@ -120,7 +149,48 @@ class Session:
         if self._roles_policy is not policy:  # computed once per session and policy version
             self._roles = policy.roles_for(self.principal)
             self._roles_policy = policy
+        if self.core.approvals is not None:
+            if time.monotonic() >= self._grants_due and not self._grants_refreshing:
+                self._grants_refreshing = True  # picked up by the next command
+                asyncio.get_running_loop().create_task(self.refresh_grants())
+            if self._grants:
+                return self._roles_with_grants()
         return self._roles
+
+    # --- just-in-time access grants ---------------------------------------------------------------
+    async def refresh_grants(self) -> None:
+        """Fetch this identity's approved grants for the resource (a store read, off the loop)."""
+        try:
+            grants = await asyncio.to_thread(self.core.approvals.active_grants, self.principal, self.resource)
+        except Exception as exc:  # a store outage must not end the session; elevated roles lapse
+            self.log.emit("access.grants_unavailable", {"error": str(exc), "controls": ["AC-2"]})
+            grants = []
+        finally:
+            self._grants_refreshing = False
+            self._grants_due = time.monotonic() + self.core.grant_refresh
+        known = {g.id for g in self._grants}
+        now = time.time()
+        fresh = [g for g in grants if g.expires_at > now]
+        for grant in fresh:
+            if grant.id not in known:
+                self.log.emit("access.grant_applied", {"grant": grant.id, "role": grant.role,
+                                                       "expires_at": grant.expires_at,
+                                                       "approved_by": list(grant.approved_by or ()),
+                                                       "controls": ["AC-2", "AC-6"]})
+        self._grants = fresh
+
+    def _roles_with_grants(self) -> tuple[str, ...]:
+        # Expiry is checked at every command: a grant ends mid-session at the next statement.
+        now = time.time()
+        live = [g for g in self._grants if g.expires_at > now]
+        if len(live) != len(self._grants):
+            for grant in self._grants:
+                if grant.expires_at <= now:
+                    self.log.emit("access.grant_expired", {"grant": grant.id, "role": grant.role,
+                                                           "controls": ["AC-2"]})
+            self._grants = live
+        extra = tuple(sorted({g.role for g in live} - set(self._roles)))
+        return self._roles + extra if extra else self._roles
 
     def decide(self, command: Command) -> tuple[Decision, str]:
         """Decide one command and record the decision. Returns (decision, event id)."""
@@ -148,6 +218,8 @@ class Session:
         else:
             decision = policy.decide(self.principal, self.resource, command, classification,
                                      session_started=self.started_at, now=time.time(), roles=self.roles())
+            if decision.verdict is _REVIEW:
+                decision = self._covered_by_approval(decision)
         if decision.verdict is not _ALLOW:
             self.denied += 1
         event_id = self.log.emit("command.decided", {
@@ -159,6 +231,121 @@ class Session:
         })
         self.core.observer.decided(self.protocol, decision.verdict)
         return decision, event_id
+
+    def _covered_by_approval(self, decision: Decision) -> Decision:
+        """A ``review`` decision already approved for this session (scope session/duration)."""
+        covered = self._approved_rules.get(decision.rule)
+        if covered is None:
+            return decision
+        until, request_id = covered
+        if time.time() >= until:
+            del self._approved_rules[decision.rule]
+            return decision
+        return Decision(Verdict.ALLOW, decision.rule, f"covered by approval {request_id}",
+                        tuple(dict.fromkeys(decision.controls + APPROVAL_CONTROLS)), decision.classes,
+                        decision.tables, decision.roles)
+
+    def needs_approval(self, decision: Decision) -> bool:
+        """True when the adapter should hold this command (else a review is refused outright)."""
+        return decision.verdict is _REVIEW and self.core.approvals is not None and decision.approval is not None
+
+    async def await_approval(self, decision: Decision, event: str, text: str,
+                             parameters: tuple = (), *, shown_parameters: tuple | None = None,
+                             on_held=None) -> Decision:
+        """Hold one ``review`` command until its outcome; return the decision to carry out.
+
+        ``on_held(held)`` is called once the request is stored and recorded (the adapter tells the
+        client where to approve). Approved → an ``allow`` decision for the same rule; anything else
+        → a ``deny`` decision whose message says what happened and who decided."""
+        broker = self.core.approvals
+        spec = decision.approval
+        # ``parameters`` are hashed as given (the adapter marks their wire format); the approver sees
+        # ``shown_parameters`` (readable text), with secrets redacted like the statement.
+        digest = command_hash(text, parameters)
+        if shown_parameters is None:
+            shown_parameters = tuple(None if p is None else p if isinstance(p, str)
+                                     else bytes(p).decode("utf-8", "replace") for p in parameters)
+        shown_parameters = [None if p is None else _redacted(p) for p in shown_parameters]
+        try:
+            request = await asyncio.to_thread(
+                broker.request_statement, self.principal, session_id=self.id, resource=self.resource,
+                statement=_redacted(text), parameters=shown_parameters, command_hash=digest,
+                rule=decision.rule, controls=list(decision.controls), approvers=list(spec.approvers),
+                quorum=spec.quorum, scope=spec.scope, scope_seconds=spec.seconds, timeout_seconds=spec.timeout)
+        except Exception as exc:  # the request is not stored: nobody could approve it, so refuse
+            self.log.emit("approval.failed", {"command": event, "error": str(exc), "controls": ["AC-3", "AU-5"]})
+            return Decision(Verdict.DENY, decision.rule,
+                            f"statement needs approval, but the approval request could not be stored ({exc})",
+                            decision.controls, decision.classes, decision.tables, decision.roles)
+        deadline = time.time() + spec.timeout
+        hint = self.core.approve_hint.replace("{id}", request.id)
+        self.log.emit("approval.requested", {
+            "command": event, "request": request.id, "rule": decision.rule, "command_hash": digest,
+            "approvers": list(spec.approvers), "quorum": spec.quorum, "scope": spec.scope,
+            "deadline_s": spec.timeout, "controls": list(APPROVAL_CONTROLS)})
+        self.held = Held(request.id, decision.rule, deadline, hint)
+        try:
+            if on_held is not None:
+                on_held(self.held)
+            outcome = await self._wait_for_outcome(request.id, deadline)
+        finally:
+            self.held = None
+        verdict = getattr(outcome, "verdict", "expired")
+        by = getattr(outcome, "by", None) or []
+        reason = getattr(outcome, "reason", "") or ""
+        self.log.emit("approval.decided", {
+            "command": event, "request": request.id, "verdict": verdict,
+            "by": [b if isinstance(b, (dict, str)) else str(b) for b in by], "reason": reason or None,
+            "at": getattr(outcome, "at", None), "controls": list(DECISION_CONTROLS)})
+        if self._end_after_hold is not None:
+            self.end(self._end_after_hold)
+        controls = tuple(dict.fromkeys(decision.controls + APPROVAL_CONTROLS))
+        if verdict == "approved":
+            if spec.scope == "session":
+                self._approved_rules[decision.rule] = (float("inf"), request.id)
+            elif spec.scope == "duration" and spec.seconds:
+                self._approved_rules[decision.rule] = (time.time() + spec.seconds, request.id)
+            return Decision(Verdict.ALLOW, decision.rule, f"approved by {approver_names(by)} (request {request.id})",
+                            controls, decision.classes, decision.tables, decision.roles)
+        if verdict == "denied":
+            message = f"statement denied by {approver_names(by)} (request {request.id})"
+            if reason:
+                message += f": {reason}"
+        elif verdict == "withdrawn":
+            message = f"approval request {request.id} withdrawn: {reason or 'cancelled by the client'}"
+        else:
+            message = (f"no approval decision for request {request.id} within "
+                       f"{_duration_text(spec.timeout)}: statement refused")
+        return Decision(Verdict.DENY, decision.rule, message, controls, decision.classes, decision.tables,
+                        decision.roles)
+
+    async def _wait_for_outcome(self, request_id: str, deadline: float) -> Any:
+        broker = self.core.approvals
+        while True:
+            try:
+                outcome = await asyncio.to_thread(broker.outcome, request_id)
+            except Exception as exc:  # keep waiting: the deadline still bounds the hold
+                self.log.emit("approval.store_unavailable", {"request": request_id, "error": str(exc)})
+                outcome = None
+            if outcome is not None:
+                return outcome
+            why = self._withdraw.pop(request_id, None)
+            try:
+                if why is not None:
+                    return await asyncio.to_thread(broker.withdraw, request_id, why)
+                if time.time() >= deadline:
+                    return await asyncio.to_thread(broker.expire, request_id)
+            except Exception as exc:  # cannot write the outcome: refuse locally, never run it
+                self.log.emit("approval.store_unavailable", {"request": request_id, "error": str(exc)})
+                return None
+            await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.time())))
+
+    def withdraw(self, reason: str) -> bool:
+        """The client cancelled while a command is held: withdraw its request."""
+        if self.held is None:
+            return False
+        self._withdraw[self.held.request_id] = reason
+        return True
 
     def result(self, command_event: str, status: str, rows: int | None = None, tag: str | None = None,
                error: dict[str, str] | None = None, seconds: float | None = None) -> None:
@@ -176,6 +363,11 @@ class Session:
     def end(self, reason: str) -> None:
         if self._ended:
             return
+        if self.held is not None:
+            # The hold withdraws its request, records that, then ends the session (in chain order).
+            self._withdraw[self.held.request_id] = f"the client disconnected ({reason})"
+            self._end_after_hold = reason
+            return
         self._ended = True
         self.log.emit("session.ended", {"reason": reason, "commands": self.commands, "denied": self.denied,
                                          "duration_s": round(time.time() - self.started_at, 3),
@@ -185,3 +377,11 @@ class Session:
         except AuditUnavailable:
             pass  # the events stay queued in the recorder and are written when the sink returns
         self.core.observer.session_closed(self.protocol, self.resource)
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"

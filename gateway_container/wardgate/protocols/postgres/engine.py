@@ -47,6 +47,7 @@ MAX_TOKEN_MESSAGE = 64 * 1024
 # Sent to the backend in place of a refused statement: it cannot parse, so it can never run.
 REFUSED_STATEMENT = "WARDGATE REFUSED"
 _REFUSED_STATEMENT_NAME = "wardgate refused: no such statement"
+_REFUSED_PORTAL_NAME = "wardgate refused: no such portal"
 
 _Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = b"QPBDECSFHX"
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"dcf"
@@ -203,6 +204,12 @@ class ClientConnection(asyncio.Protocol):
         self._limits: dict[str, tuple[int, str]] = {}  # decision event → (max rows, rule)
         self._read_holds: set[str] = set()
         self._backend_read_holds: set[str] = set()
+        # approval holds: the client's input from the held message on waits here until the outcome
+        self._holding = False
+        self._held_input: list[bytes] = []
+        self._preapproved: tuple | None = None  # (decision, event) the held message resumes with
+        self._review_statements: dict[str, tuple] = {}  # statement → (review decision, event, text)
+        self._review_portals: dict[str, tuple] = {}     # portal → (review decision, event, text, params)
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -314,6 +321,11 @@ class ClientConnection(asyncio.Protocol):
         key = self.frontend.cancels.find(request.process_id, request.secret_key)
         if key is None:
             return  # PostgreSQL also answers nothing to an unknown key
+        for connection in list(self.frontend.connections):
+            if connection._cancel_pid == request.process_id and connection._holding:
+                # Nothing runs on the backend yet: the cancel withdraws the approval request.
+                connection.session.withdraw("cancelled by the client")
+                return
         try:
             await send_cancel(key.host, key.port, key.backend_pid, key.backend_secret)
         except (OSError, TimeoutError) as exc:
@@ -437,6 +449,9 @@ class ClientConnection(asyncio.Protocol):
 
     # --- relay: client → backend ----------------------------------------------------------------
     def _from_client(self, data: bytes) -> None:
+        if self._holding:
+            self._held_input.append(data)
+            return
         if self._client_tail:
             self._client_tail.append(data)
             self._client_tail_size += len(data)
@@ -467,7 +482,13 @@ class ClientConnection(asyncio.Protocol):
                 if kind in _PASSTHROUGH_FROM_CLIENT:
                     pass
                 else:
-                    replacement = self._client_message(kind, data, pos + 5, end)
+                    try:
+                        replacement = self._client_message(kind, data, pos + 5, end)
+                    except _HoldCommand as hold:
+                        # Everything before the held message goes on; it and what follows wait.
+                        self._start_hold(hold, data[pos:])
+                        size = pos
+                        break
                     if replacement is not None:
                         if pieces is None:
                             pieces = []
@@ -482,13 +503,13 @@ class ClientConnection(asyncio.Protocol):
             log.exception("unexpected error relaying from client %s", self.peer)
             self.fatal("XX000", "wardgate: internal error; the session is closed")
             return
-        if pos < size:
+        if pos < size and not self._holding:
             tail = data[pos:]
             self._client_tail = [tail]
             self._client_tail_size = len(tail)
             self._client_need = 1 + int.from_bytes(tail[1:5], "big") if len(tail) >= 5 else 5
         if pieces is None:
-            outgoing = data[:pos] if pos < size else data
+            outgoing = data[:pos] if pos < len(data) else data
         else:
             pieces.append(data[flushed:pos])
             outgoing = b"".join(pieces)
@@ -508,7 +529,12 @@ class ClientConnection(asyncio.Protocol):
             if end == start or data[end - 1] != 0:
                 raise wire.ProtocolViolation("query string is not NUL-terminated")
             text = data[start:end - 1].decode("utf-8", "replace")
-            decision, event = self.session.decide(Command(PROTOCOL, "query", text))
+            if self._preapproved is not None:
+                (decision, event), self._preapproved = self._preapproved, None
+            else:
+                decision, event = self.session.decide(Command(PROTOCOL, "query", text))
+                if self.session.needs_approval(decision):
+                    raise _HoldCommand(decision, event, text, ())
             if decision.verdict is _ALLOW:
                 profile = self._profile(decision)
                 if profile is not None:
@@ -544,6 +570,12 @@ class ClientConnection(asyncio.Protocol):
         if kind == _P:
             name, text = wire.parse_parse(data[start:end])
             decision, event = self.session.decide(Command(PROTOCOL, "parse", text, statement_name=name))
+            if self.session.needs_approval(decision):
+                # Parsing runs nothing: the statement is held at Execute, when its parameters are known.
+                self._review_statements[name] = (decision, event, text)
+                decision = _PARSE_ONLY
+            else:
+                self._review_statements.pop(name, None)
             refusal = None if decision.verdict is _ALLOW else decision
             profile = self._profile(decision) if refusal is None else None
             if profile is not None:
@@ -567,6 +599,11 @@ class ClientConnection(asyncio.Protocol):
                 portal = statement = ""
             else:
                 portal, statement = wire.parse_bind_names(data[start:end])
+            review = self._review_statements.get(statement)
+            if review is not None:
+                self._review_portals[portal] = review + (wire.parse_bind_parameters(data[start:end]),)
+            elif self._review_portals:
+                self._review_portals.pop(portal, None)
             entry = self._statements.get(statement)
             event, profile = (entry[0], entry[1]) if entry is not None else (None, None)
             if entry is not None and (entry[3] is not self.frontend.core.policy or entry[4]):
@@ -601,6 +638,17 @@ class ClientConnection(asyncio.Protocol):
             portal = "" if data[start] == 0 else wire.read_cstr(data[start:end], 0)[0]
             event, profile, layout = self._portals.get(portal, (None, None, None))
             ref = portal
+            if self._review_portals and portal in self._review_portals and not self._discard_until_sync:
+                review_decision, review_event, review_text, params = self._review_portals[portal]
+                if self._preapproved is None:
+                    raise _HoldCommand(review_decision, review_event, review_text, tuple(params))
+                (decision, event), self._preapproved = self._preapproved, None
+                del self._review_portals[portal]  # later Executes continue this same, approved run
+                if decision.verdict is not _ALLOW:
+                    self._portals.pop(portal, None)
+                    pending.append((_E, event, now, decision, None, None))
+                    # A portal that cannot exist: the backend fails the Execute and skips to Sync.
+                    return wire.message(b"E", wire.cstr(_REFUSED_PORTAL_NAME) + b"\x00\x00\x00\x00")
             if (profile is not None and layout is None and portal not in self._described
                     and not self._discard_until_sync):
                 # The client never described this portal: ask the backend ourselves, so the rows
@@ -612,9 +660,11 @@ class ClientConnection(asyncio.Protocol):
             if target == b"S":
                 self._statements.pop(name, None)
                 self._statement_layouts.pop(name, None)
+                self._review_statements.pop(name, None)
             else:
                 self._portals.pop(name, None)
                 self._described.discard(name)
+                self._review_portals.pop(name, None)
             event = None
         else:  # Describe
             target, name = data[start:start + 1], wire.read_cstr(data[start:end], 1)[0]
@@ -630,6 +680,44 @@ class ClientConnection(asyncio.Protocol):
         elif kind == _E and event is not None:
             self._skip(event)
         return replacement
+
+    # --- approval holds ---------------------------------------------------------------------------
+    def _start_hold(self, hold: "_HoldCommand", held: bytes) -> None:
+        """Stop relaying this client's input at the held message until its approval outcome."""
+        self._holding = True
+        self._held_input = [held]
+        self._client_tail = []
+        self._client_tail_size = 0
+        self._hold_client_reads("approval")
+        task = self.loop.create_task(self._await_approval(hold))
+        task.add_done_callback(_consume_exception)
+
+    async def _await_approval(self, hold: "_HoldCommand") -> None:
+        def tell_client(held) -> None:
+            wait = max(0, int(held.deadline - time.time()))
+            text = (f"wardgate: statement held for approval (request {held.request_id}, rule {held.rule}); "
+                    f"waiting up to {wait}s")
+            hint = f"approve with: {held.hint}" if held.hint else None
+            # After the approval.requested event is written, like every byte that depends on it.
+            self.recorder.forward(self.transport, wire.notice_response(text, hint=hint), self)
+        try:
+            # Hashed with their wire format (text and binary bytes never collide); shown as text, or
+            # as \\x-hex for binary values.
+            hashed = tuple(None if v is None else bytes([48 + code]) + v for code, v in hold.params)
+            shown = tuple(None if v is None else v.decode("utf-8", "replace") if code == 0 else "\\x" + v.hex()
+                          for code, v in hold.params)
+            final = await self.session.await_approval(hold.decision, hold.event, hold.text, hashed,
+                                                      shown_parameters=shown, on_held=tell_client)
+        except Exception:
+            log.exception("approval hold failed for %s", self.peer)
+            final = Decision(Verdict.DENY, hold.decision.rule, "approval could not be completed (internal error)")
+        if self._closed:
+            return
+        self._preapproved = (final, hold.event)
+        self._holding = False
+        held, self._held_input = b"".join(self._held_input), []
+        self._release_client_reads("approval")
+        self._from_client(held)
 
     def _profile(self, decision: Decision):
         """The masking profile object a decision names (None: results pass through untouched)."""
@@ -1046,6 +1134,17 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+
+class _HoldCommand(Exception):
+    """Raised by message handling when a command must wait for an approval."""
+
+    def __init__(self, decision: Decision, event: str, text: str, params: tuple):
+        self.decision, self.event, self.text, self.params = decision, event, text, params
+
+
+# A held prepared statement is parsed (which runs nothing) and decided again at Execute.
+_PARSE_ONLY = Decision(Verdict.ALLOW, "builtin:parse-before-approval")
 
 
 def _refusal_text(decision: Decision) -> str:

@@ -214,6 +214,29 @@ def parse_bind_names(payload: bytes) -> tuple[str, str]:
     return portal, statement
 
 
+def parse_bind_parameters(payload: bytes) -> list[tuple[int, bytes | None]]:
+    """Bind ('B') payload → (format code, value as sent) per parameter (value None for SQL NULL)."""
+    _, offset = read_cstr(payload, 0)
+    _, offset = read_cstr(payload, offset)
+    count = int.from_bytes(payload[offset:offset + 2], "big")
+    codes = [int.from_bytes(payload[offset + 2 + 2 * i:offset + 4 + 2 * i], "big") for i in range(count)]
+    offset += 2 + 2 * count
+    params = int.from_bytes(payload[offset:offset + 2], "big")
+    offset += 2
+    values: list[tuple[int, bytes | None]] = []
+    for i in range(params):
+        # No codes: all text; one code: it applies to every parameter; else one code each.
+        code = 0 if not codes else codes[0] if len(codes) == 1 else codes[i] if i < len(codes) else 0
+        length = int.from_bytes(payload[offset:offset + 4], "big", signed=True)
+        offset += 4
+        if length < 0:
+            values.append((code, None))
+        else:
+            values.append((code, bytes(payload[offset:offset + length])))
+            offset += length
+    return values
+
+
 def parse_bind_result_formats(payload: bytes) -> list[int]:
     """Bind ('B') payload → the result-column format codes (empty: all text)."""
     _, offset = read_cstr(payload, 0)
