@@ -140,9 +140,13 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _trail_directory(location: str, command: str) -> Path | None:
-    """The audit directory named by DIR or file://DIR (None, with a message, when it is not one)."""
+    """The audit directory named by DIR or file://DIR, or a local copy of an archive bucket
+    (s3://, gs://, azblob://). None, with a message, when it is not one."""
     from urllib.parse import urlparse
 
+    scheme = location.partition("://")[0] if "://" in location else ""
+    if scheme and scheme != "file":
+        return _downloaded_trail(location, command)
     if location.startswith("file://"):
         parsed = urlparse(location)
         location = (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
@@ -150,6 +154,27 @@ def _trail_directory(location: str, command: str) -> Path | None:
     if not directory.is_dir():
         print(f"wardgate {command}: {location}: not a directory", file=sys.stderr)
         return None
+    return directory
+
+
+def _downloaded_trail(location: str, command: str) -> Path | None:
+    import atexit
+    import shutil
+    import tempfile
+
+    from wardgate import adapters
+    from wardgate.core.archive import download_trail
+    from wardgate.core.ports import StoreUnavailable
+
+    try:
+        store = adapters.open_object_store(location)
+        directory = Path(tempfile.mkdtemp(prefix="wardgate-trail-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        count = download_trail(store, directory)
+    except (adapters.AdapterError, StoreUnavailable, ValueError) as exc:
+        print(f"wardgate {command}: {location}: {exc}", file=sys.stderr)
+        return None
+    print(f"wardgate {command}: read {count} object(s) from {location}", file=sys.stderr)
     return directory
 
 

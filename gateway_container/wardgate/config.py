@@ -200,6 +200,18 @@ class AuditConfig(_Strict):
     fsync_interval: Duration = 1.0
     # Recording can be switched off only for benchmarks; a warning says so loudly at start.
     enabled: bool = True
+    # Key that signs segment digests: ``file://PATH.pem`` (Ed25519, created if missing; default
+    # state_dir/audit-signing-key.pem) or a cloud KMS key (``awskms://``, ``gcpkms://``, ``azurekv-key://``).
+    signer: str | None = None
+    # Write-once bucket that sealed segments, digests and keys are shipped to, where auditors read
+    # them (``s3://``, ``gs://``, ``azblob://``, ``file://``). None: the spool directory is the trail.
+    archive: str | None = None
+    # With an archive, a segment is sealed (and shipped) at the latest this long after it was opened.
+    seal_interval: Duration = 300.0
+    archive_interval: Duration = 5.0
+    # Sealed data the archive cannot take for this long makes the gateway refuse commands (fail
+    # closed) until it can; meanwhile the local spool holds every event durably.
+    archive_grace: Duration = 60.0
 
 
 class PolicyConfig(_Strict):
@@ -211,6 +223,72 @@ class PolicyConfig(_Strict):
     watch_interval: Duration = 2.0
 
 
+class ApproverIdentity(_Strict):
+    """Who a Slack user, a Teams user or a generic-webhook name is, for approver checks."""
+
+    issuer: str
+    subject: str
+    groups: list[str] = Field(default_factory=list)
+    display: str | None = None
+
+
+class NotifyConfig(_Strict):
+    # slack: Block Kit with approve/deny buttons (answered at POST /approvals/slack);
+    # teams: an Adaptive Card with signed approve/deny links; generic: JSON signed with HMAC-SHA256.
+    kind: Literal["slack", "teams", "generic"]
+    # The webhook URL. Slack and Teams URLs embed a secret: give a credential URL (env://, file://,
+    # aws-sm://…) rather than the URL itself; plain https:// URLs are accepted for receivers without one.
+    url: str
+    # HMAC key of the generic kind (credential URL).
+    secret: str | None = None
+    # Identities (keys of ``approvals.identities``) to mint one-time approve/deny links for.
+    link_approvers: list[str] = Field(default_factory=list)
+    timeout: Duration = 10.0
+
+
+class GrantRoleConfig(_Strict):
+    """A role that may be requested just in time (``wardgate access request``)."""
+
+    approvers: list[str] = Field(min_length=1)
+    quorum: int = Field(1, ge=1)
+    max_duration: Duration = 8 * 3600.0
+
+
+class ApprovalsConfig(_Strict):
+    """Held commands and access grants. On by default with embedded backends: a policy ``review``
+    holds the statement until an approver decides with ``wardgate approvals`` at the control port."""
+
+    enabled: bool = True
+    # Create-once records of requests, votes and outcomes (sqlite:// relative to state_dir, dynamodb://,
+    # firestore://, aztable://).
+    store: str = "sqlite://approvals.db"
+    # Where new requests are announced for the notifier (memory://, sqs://, pubsub://, azqueue://).
+    queue: str = "memory://approvals"
+    # The base URL approvers reach the webhook at (signed links, hints). Default: the control port.
+    public_url: str | None = None
+    # Run the notifier inside the gateway (embedded default); off when a cloud function consumes the queue.
+    notify: NotifyConfig | None = None
+    run_notifier: bool = True
+    slack_signing_secret: str | None = None   # credential URL
+    hmac_secret: str | None = None            # credential URL: Teams/generic decisions
+    link_key: str | None = None               # credential URL; default: a random key in state_dir
+    identities: dict[str, ApproverIdentity] = Field(default_factory=dict)  # "slack:U123" → identity
+    grants: dict[str, GrantRoleConfig] = Field(default_factory=dict)
+    # How often a session re-reads its access grants (expiry itself is checked at every command).
+    grant_refresh: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _links(self) -> "ApprovalsConfig":
+        if self.notify is not None:
+            unknown = [name for name in self.notify.link_approvers if name not in self.identities]
+            if unknown:
+                raise ValueError(f"notify.link_approvers names unknown identities {unknown}: "
+                                 "declare them under approvals.identities")
+            if self.notify.kind == "generic" and not self.notify.secret:
+                raise ValueError("notify.kind 'generic' needs notify.secret (the HMAC key, as a credential URL)")
+        return self
+
+
 class GatewayConfig(_Strict):
     listeners: list[ListenerConfig]
     control: ControlConfig = ControlConfig()
@@ -220,6 +298,7 @@ class GatewayConfig(_Strict):
     resources: dict[str, ResourceConfig]
     audit: AuditConfig = AuditConfig()
     policy: PolicyConfig | None = None
+    approvals: ApprovalsConfig = ApprovalsConfig()
     # Key of the masking "hash" strategy (HMAC), as a credential URL (env://, file://…). Replicas that
     # must produce the same tokens share it. Default: a random key kept in state_dir/masking.key.
     masking_key: str | None = None

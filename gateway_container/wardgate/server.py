@@ -12,7 +12,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from wardgate import adapters
 from wardgate.config import GatewayConfig, IssuerConfig, ResourceConfig, parse_address
+from wardgate.core.archive import AuditArchive
 from wardgate.core.audit import AuditUnavailable, Recorder, end_crashed_sessions, open_sink
 from wardgate.core.files import create_file_atomically
 from wardgate.core.credentials import CredentialBroker, open_source
@@ -35,6 +37,15 @@ def _file_stamp(path: Path) -> tuple | None:
     except OSError:
         return None
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def local_url(url: str, base: Path) -> str:
+    """``file://``/``sqlite://`` URLs with a relative path are relative to ``base`` (the config file's
+    directory or the state directory); other URLs are returned unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("file", "sqlite") or rest.startswith("/"):
+        return url
+    return f"{scheme}://{(base / rest).resolve()}"
 
 
 def backend_ssl_context(resource: ResourceConfig) -> ssl.SSLContext | None:
@@ -70,6 +81,8 @@ class Gateway:
         self._ready = False
         self._policy_stamp: tuple | None = None
         self._watcher: asyncio.Task | None = None
+        self._sealer_task: asyncio.Task | None = None
+        self.archive: AuditArchive | None = None
 
     def reload_policy(self) -> bool:
         """Load the policy file again (file change, SIGHUP). An invalid file keeps the running policy,
@@ -112,14 +125,24 @@ class Gateway:
                                         config.dev_issuer.max_token_lifetime)
             issuers.append(IssuerConfig(issuer=url, audience=config.dev_issuer.audience, algorithms=["ES256"],
                                         max_token_lifetime=config.dev_issuer.max_token_lifetime))
+        adapters.register_secret_schemes()  # aws-sm://, gcp-sm://, azure-kv://… for credential URLs
         if config.audit.enabled:
-            spool = open_sink(config.audit.sink, self.config_dir, self.gateway_id,
-                              signer=LocalEd25519Signer(config.state_dir / "audit-signing-key.pem"))
+            if config.audit.signer:
+                signer = adapters.open_signer(local_url(config.audit.signer, self.config_dir))
+            else:
+                signer = LocalEd25519Signer(config.state_dir / "audit-signing-key.pem")
+            spool = open_sink(config.audit.sink, self.config_dir, self.gateway_id, signer=signer)
         else:
             log.warning("AUDIT RECORDING IS OFF: no session of this gateway is recorded (benchmarks only)")
             spool = None
         self.recorder = Recorder(spool, fsync=config.audit.fsync, fsync_interval=config.audit.fsync_interval)
         self.recorder.start(asyncio.get_running_loop())
+        if spool is not None and config.audit.archive:
+            store = adapters.open_object_store(local_url(config.audit.archive, self.config_dir))
+            self.archive = AuditArchive(spool.directory, store, interval=config.audit.archive_interval,
+                                        grace=config.audit.archive_grace)
+            self.archive.start()
+            self._sealer_task = asyncio.get_running_loop().create_task(self._seal_periodically(spool))
         if spool is not None and spool.recovered:
             ended = end_crashed_sessions(self.recorder, spool.recovered, self.gateway_id)
             self.recorder.commit()
@@ -213,10 +236,19 @@ class Gateway:
             raise web.HTTPNotFound(text="the dev issuer is not enabled\n")
         return web.json_response(self.dev_issuer.jwks())
 
+    async def _seal_periodically(self, spool) -> None:
+        # Rotation happens in the loop thread, which is the spool's only writer.
+        interval = self.config.audit.seal_interval
+        while True:
+            await asyncio.sleep(min(interval / 4, 5.0))
+            spool.rotate_if_older(interval)
+
     async def stop(self) -> None:
         self._ready = False
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._sealer_task is not None:
+            self._sealer_task.cancel()
         for server in self._servers:
             server.close()
         for frontend in self._frontends:
@@ -228,6 +260,12 @@ class Gateway:
             await self._runner.cleanup()
         if self.recorder is not None:
             self.recorder.close()
+        if self.archive is not None:
+            # The spool sealed its last segment on close: ship it before exiting.
+            report = await asyncio.to_thread(self.archive.stop, final=True)
+            if report is not None and report.error:
+                log.error("audit archive: %s; %d object(s) stay in the spool and are shipped at the next "
+                          "start", report.error, len(report.pending))
 
 
 async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=None) -> None:

@@ -136,6 +136,15 @@ class FileSpool:
                 continue
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells recover() of other gateways: alive
         self._fd, self._path, self._size = fd, path, 0
+        self._opened_at = time.monotonic()
+
+    def rotate_if_older(self, seconds: float) -> bool:
+        """Seal the current segment if it holds events and is older than ``seconds``, so a bucket
+        archive receives events within that time. Call from the thread that writes."""
+        if self._fd is not None and self._size and time.monotonic() - self._opened_at >= seconds:
+            self._rotate()
+            return True
+        return False
 
     def write(self, data: bytes) -> None:
         if self._fd is None:
