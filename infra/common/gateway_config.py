@@ -1,0 +1,101 @@
+"""The gateway's runtime configuration, rendered by the programs from the resources they create.
+
+It carries *references* only (queue and table names, key ids, secret URLs such as
+``aws-sm://arn:…``); the gateway fetches secret values itself at run time with its own identity. The
+document travels in one environment variable (:data:`CONFIG_ENV`) because no platform here mounts a
+plain file into a container without extra storage, and the image reads ``--config FILE``: the boot
+command writes it to a private temp file first.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import yaml
+
+from infra.common.config import StackConfig
+
+CONFIG_ENV = "WARDGATE_CONFIG_YAML"
+CONFIG_PATH = "/tmp/wardgate/config.yaml"
+LISTENER_PORT = 6432
+CONTROL_PORT = 9480
+STATE_DIR = "/var/lib/wardgate"
+# Where TLS material handed over in environment variables (ECS secrets) is written at boot.
+TLS_ENV = {"cert": "WARDGATE_TLS_CERT", "key": "WARDGATE_TLS_KEY"}
+TLS_FROM_ENV_FILES = {"cert": "/tmp/wardgate/tls/server.pem", "key": "/tmp/wardgate/tls/server-key.pem"}
+
+
+@dataclass(frozen=True)
+class GatewayWiring:
+    """Everything the gateway must know about the cloud resources around it, as URLs."""
+
+    audit_archive: str
+    signer: str
+    approvals_queue: str
+    decision_store: str
+    approvals_public_url: str
+    masking_key: str
+    resource_passwords: dict[str, str]
+    tls_cert_file: str
+    tls_key_file: str
+    control_address: str = f"127.0.0.1:{CONTROL_PORT}"
+
+
+def gateway_config_document(stack: StackConfig, wiring: GatewayWiring) -> dict:
+    """The gateway configuration (``wardgate.config.GatewayConfig`` plus the cloud wiring keys)."""
+    resources = {}
+    for name, resource in stack.resources.items():
+        entry = {
+            "protocol": resource.protocol,
+            "host": resource.host,
+            "port": resource.port,
+            "database": resource.database,
+            "username": resource.username,
+            "password": wiring.resource_passwords[name],
+            "tls": {"mode": resource.tls_mode, **({"ca_file": resource.ca_file} if resource.ca_file else {})},
+        }
+        resources[name] = entry
+    return {
+        "listeners": [{
+            "protocol": "postgres",
+            "address": f"0.0.0.0:{LISTENER_PORT}",
+            # TLS ends at the gateway, never at a load balancer: PostgreSQL negotiates TLS inside its
+            # own protocol (SSLRequest), and tokens must never cross the network in clear.
+            "tls": {"cert_file": wiring.tls_cert_file, "key_file": wiring.tls_key_file},
+        }],
+        "control": {"address": wiring.control_address},
+        "state_dir": STATE_DIR,
+        "issuers": [issuer.model_dump(mode="json", exclude_defaults=True) for issuer in stack.issuers],
+        "resources": resources,
+        "policy": {"file": stack.gateway.policy_file},
+        "masking_key": wiring.masking_key,
+        # Events are spooled on local disk first (durable before any result is released), sealed
+        # segments are shipped to the WORM archive; the gateway refuses commands when it cannot ship.
+        "audit": {"sink": f"file://{STATE_DIR}/audit", "archive": wiring.audit_archive, "signer": wiring.signer},
+        "approvals": {
+            "store": wiring.decision_store,
+            "queue": wiring.approvals_queue,
+            "public_url": wiring.approvals_public_url,
+            # The notifier function consumes the queue; the gateway only announces.
+            "run_notifier": False,
+        },
+    }
+
+
+def render_gateway_config(stack: StackConfig, wiring: GatewayWiring) -> str:
+    return yaml.safe_dump(gateway_config_document(stack, wiring), sort_keys=False)
+
+
+def boot_command(tls_from_env: bool) -> list[str]:
+    """The container command: write the configuration (and, on ECS, the TLS material injected as
+    secrets) to private files, then exec the gateway. ``unset`` keeps the key out of the gateway's
+    environment once it is on disk."""
+    steps = ["set -eu", "umask 077", "mkdir -p /tmp/wardgate/tls",
+             f'printf "%s" "${CONFIG_ENV}" > {shlex.quote(CONFIG_PATH)}']
+    if tls_from_env:
+        for part in ("cert", "key"):
+            steps.append(f'printf "%s" "${TLS_ENV[part]}" > {shlex.quote(TLS_FROM_ENV_FILES[part])}')
+        steps.append(f"unset {TLS_ENV['cert']} {TLS_ENV['key']}")
+    steps.append(f"exec wardgate serve --config {shlex.quote(CONFIG_PATH)}")
+    return ["/bin/sh", "-c", "; ".join(steps)]

@@ -1,0 +1,329 @@
+"""wardgate on Google Cloud: ``deploy(stack)`` builds every resource of one environment.
+
+Gateway on Cloud Run (internal ingress, Direct VPC egress, its own service account); Pub/Sub topics
+whose every subscription dead-letters; Cloud Functions (2nd gen) fed by those subscriptions (push with
+an OIDC token, so the dead-letter policy is ours, not an implicit Eventarc subscription's); Cloud
+Scheduler for evidence export; Secret Manager rotation notifications for credential rotation; a GCS
+audit bucket with a retention policy (locked in prod) and CMEK; Cloud KMS keys; read-only auditors.
+
+Every grant is a resource-level binding (topic, secret, key, bucket) or a project binding narrowed by
+an IAM condition to wardgate's own Firestore database: no project-wide role without a condition.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+
+import pulumi
+import pulumi_gcp as gcp
+
+from functions.build import GCP_ENTRY_POINTS, build, tree_digest
+from infra.common import function_env as env
+from infra.common.config import StackConfig, StackConfigError
+from infra.common.gateway_config import CONFIG_ENV, CONTROL_PORT, GatewayWiring, boot_command, render_gateway_config
+from infra.common.naming import Naming
+from infra.gcp.network import network_for
+
+DEFAULT_BUILD_DIR = Path(__file__).resolve().parent / ".build"
+RUNTIME = "python311"
+AUDIT_PREFIX = "audit/"
+EVIDENCE_PREFIX = "evidence/"
+TLS_MOUNTS = {"cert": ("/run/secrets/wardgate-tls-cert", "server.pem"),
+              "key": ("/run/secrets/wardgate-tls-key", "server-key.pem")}
+_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s]+$")
+_DAY = 86400
+
+
+class WardgateGcp(pulumi.ComponentResource):
+    """One wardgate environment on Google Cloud."""
+
+    def __init__(self, name: str, stack: StackConfig, code: dict[str, Path],
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("wardgate:gcp:Deployment", name, None, opts)
+        if not 5 <= stack.approvals.max_receives <= 100:
+            raise StackConfigError("wardgate:approvals.max_receives: Pub/Sub dead-letters after 5 to 100 "
+                                   f"delivery attempts, not {stack.approvals.max_receives}")
+        bad = [m for m in stack.auditors if not _MEMBER.match(m)]
+        if bad:
+            raise StackConfigError(f"wardgate:auditors: {bad} are not IAM members (user:|group:|serviceAccount:|domain:)")
+        naming = Naming(stack.environment, stack.name_suffix)
+        self.naming, self.stack = naming, stack
+        me = pulumi.ResourceOptions(parent=self)
+        prod = stack.tier == "prod"
+        region = stack.location
+        labels = naming.tags()
+        client = gcp.organizations.get_client_config_output()
+        project = client.project
+        number = gcp.organizations.get_project_output().number
+
+        network = network_for(stack, naming, project, self)
+
+        # Service accounts: one per workload, so each binding below names exactly one user.
+        accounts = {purpose: gcp.serviceaccount.Account(
+            naming.name(purpose), account_id=naming.name(purpose, max_length=30), project=project,
+            display_name=f"wardgate {stack.environment} {purpose}", opts=me)
+            for purpose in ("gateway", "notifier", "webhook", "evidence", "rotation", "pusher")}
+        member = {purpose: account.member for purpose, account in accounts.items()}
+
+        # Keys: a data key for the bucket (CMEK) and the asymmetric audit signing key.
+        ring = gcp.kms.KeyRing(naming.name("keys"), name=naming.name("keys"), project=project, location=region,
+                               opts=pulumi.ResourceOptions(parent=self, protect=prod))
+        data_key = gcp.kms.CryptoKey(naming.name("data"), name=naming.name("data"), key_ring=ring.id,
+                                     purpose="ENCRYPT_DECRYPT", rotation_period=f"{90 * _DAY}s", labels=labels,
+                                     opts=pulumi.ResourceOptions(parent=self, protect=prod))
+        signing_key = gcp.kms.CryptoKey(naming.name("audit-signing"), name=naming.name("audit-signing"),
+                                        key_ring=ring.id, purpose="ASYMMETRIC_SIGN", labels=labels,
+                                        version_template={"algorithm": "EC_SIGN_P256_SHA256",
+                                                          "protection_level": "HSM" if prod else "SOFTWARE"},
+                                        opts=pulumi.ResourceOptions(parent=self, protect=prod))
+        storage_agent = gcp.kms.CryptoKeyIAMMember(
+            naming.name("data-gcs-agent"), crypto_key_id=data_key.id, role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
+            member=pulumi.Output.concat("serviceAccount:service-", number, "@gs-project-accounts.iam.gserviceaccount.com"),
+            opts=me)
+
+        # The audit bucket: WORM retention (locked in prod: it can then never be shortened or removed),
+        # CMEK, uniform access, public access prevention, versioning.
+        bucket_name = naming.global_name("audit")
+        self.audit_bucket = gcp.storage.Bucket(
+            naming.name("audit"), name=bucket_name, project=project, location=region,
+            uniform_bucket_level_access=True, public_access_prevention="enforced", versioning={"enabled": True},
+            retention_policy={"retention_period": str(stack.audit.retention_days * _DAY), "is_locked": prod},
+            encryption={"default_kms_key_name": data_key.id}, force_destroy=False, labels=labels,
+            opts=pulumi.ResourceOptions(parent=self, protect=prod, depends_on=[storage_agent]))
+        objects = f"projects/_/buckets/{bucket_name}"
+
+        def bucket_grant(label: str, role: str, who, prefixes: list[str]) -> None:
+            # Object roles narrowed to prefixes; listing is a bucket-level call, so the bucket itself too.
+            expression = " || ".join([f'resource.name == "{objects}"',
+                                      *(f'resource.name.startsWith("{objects}/objects/{p}")' for p in prefixes)])
+            gcp.storage.BucketIAMMember(naming.name(label), bucket=self.audit_bucket.name, role=role, member=who,
+                                        condition={"title": label, "expression": expression}, opts=me)
+
+        # Messaging: every subscription dead-letters; every dead-letter topic keeps its messages.
+        pubsub_agent = pulumi.Output.concat("serviceAccount:service-", number, "@gcp-sa-pubsub.iam.gserviceaccount.com")
+
+        def topic(purpose: str) -> gcp.pubsub.Topic:
+            return gcp.pubsub.Topic(naming.name(purpose), name=naming.name(purpose), project=project, labels=labels,
+                                    message_retention_duration=f"{7 * _DAY}s", opts=me)
+
+        def dead_letter_topic(purpose: str) -> gcp.pubsub.Topic:
+            dead = topic(f"{purpose}-dead-letters")
+            gcp.pubsub.Subscription(naming.name(f"{purpose}-dead-letters"), name=naming.name(f"{purpose}-dead-letters"),
+                                    project=project, topic=dead.id, message_retention_duration=f"{7 * _DAY}s",
+                                    ack_deadline_seconds=60, expiration_policy={"ttl": ""},
+                                    labels={**labels, "wardgate-role": "dead-letter"}, opts=me)
+            gcp.pubsub.TopicIAMMember(naming.name(f"{purpose}-dead-letters-agent"), project=project, topic=dead.id,
+                                      role="roles/pubsub.publisher", member=pubsub_agent, opts=me)
+            return dead
+
+        approvals_topic = topic("approvals")
+        gcp.pubsub.TopicIAMMember(naming.name("approvals-gateway"), project=project, topic=approvals_topic.id,
+                                  role="roles/pubsub.publisher", member=member["gateway"], opts=me)
+        schedule_topic = topic("evidence-export-schedule")
+        rotation_topic = topic("secret-rotation")
+
+        # Firestore: the decision store, a database of its own so grants can be conditioned on it.
+        database = gcp.firestore.Database(naming.name("decisions"), name=naming.name("decisions"), project=project,
+                                          location_id=region, type="FIRESTORE_NATIVE",
+                                          delete_protection_state="DELETE_PROTECTION_ENABLED" if prod
+                                          else "DELETE_PROTECTION_DISABLED",
+                                          point_in_time_recovery_enablement="POINT_IN_TIME_RECOVERY_ENABLED",
+                                          opts=me)
+
+        def firestore_grant(label: str, role: str, who) -> None:
+            gcp.projects.IAMMember(naming.name(label), project=project, role=role, member=who, condition={
+                "title": label,
+                "expression": pulumi.Output.concat('resource.name == "', database.id, '" || resource.name.startsWith("',
+                                                   database.id, '/")')}, opts=me)
+
+        # Secrets: created empty, values put by the operator; each readable only by its user.
+        def secret(purpose: str, rotate_days: int = 0) -> gcp.secretmanager.Secret:
+            rotation = {}
+            if rotate_days:
+                first = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + \
+                    datetime.timedelta(days=rotate_days)
+                rotation = {"rotation": {"rotation_period": f"{rotate_days * _DAY}s",
+                                         "next_rotation_time": first.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                            "topics": [{"name": rotation_topic.id}]}
+            return gcp.secretmanager.Secret(
+                naming.name(purpose), secret_id=naming.name(purpose), project=project, labels=labels,
+                replication={"user_managed": {"replicas": [{"location": region}]}}, **rotation,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[rotation_agent] if rotate_days else None,
+                                            ignore_changes=["rotation.nextRotationTime"]))
+
+        rotation_agent = gcp.pubsub.TopicIAMMember(
+            naming.name("secret-rotation-agent"), project=project, topic=rotation_topic.id, role="roles/pubsub.publisher",
+            member=pulumi.Output.concat("serviceAccount:service-", number,
+                                        "@gcp-sa-secretmanager.iam.gserviceaccount.com"), opts=me)
+        db_secrets = {n: secret(f"db-{n}", r.rotate_days) for n, r in sorted(stack.resources.items())}
+        masking_key = secret("masking-key")
+        webhook_url_secret = secret("approver-webhook-url")
+        signing_secret = secret("approver-signing-secret")
+        tls = {"cert": secret("gateway-tls-cert"), "key": secret("gateway-tls-key")}
+
+        def secret_access(label: str, secrets: list, who, role: str = "roles/secretmanager.secretAccessor") -> None:
+            for index, item in enumerate(secrets):
+                gcp.secretmanager.SecretIamMember(naming.name(f"{label}-{index}"), project=project,
+                                                  secret_id=item.id, role=role, member=who, opts=me)
+
+        def secret_url(item: gcp.secretmanager.Secret) -> pulumi.Output[str]:
+            return pulumi.Output.concat("gcp-sm://", item.id)
+
+        # Grants per principal (AC-6).
+        secret_access("gateway-secrets", [*db_secrets.values(), masking_key, *tls.values()], member["gateway"])
+        firestore_grant("gateway-decisions", "roles/datastore.user", member["gateway"])
+        bucket_grant("gateway-audit-read", "roles/storage.objectViewer", member["gateway"], [AUDIT_PREFIX])
+        bucket_grant("gateway-audit-write", "roles/storage.objectCreator", member["gateway"], [AUDIT_PREFIX])
+        gcp.kms.CryptoKeyIAMMember(naming.name("gateway-signs"), crypto_key_id=signing_key.id,
+                                   role="roles/cloudkms.signerVerifier", member=member["gateway"], opts=me)
+        secret_access("notifier-secrets", [webhook_url_secret], member["notifier"])
+        secret_access("webhook-secrets", [signing_secret], member["webhook"])
+        firestore_grant("webhook-decisions", "roles/datastore.user", member["webhook"])
+        bucket_grant("evidence-read", "roles/storage.objectViewer", member["evidence"], [AUDIT_PREFIX, EVIDENCE_PREFIX])
+        bucket_grant("evidence-write", "roles/storage.objectCreator", member["evidence"], [EVIDENCE_PREFIX])
+        gcp.kms.CryptoKeyIAMMember(naming.name("evidence-signs"), crypto_key_id=signing_key.id,
+                                   role="roles/cloudkms.signerVerifier", member=member["evidence"], opts=me)
+        rotated = [db_secrets[n] for n, r in sorted(stack.resources.items()) if r.rotate_days]
+        secret_access("rotation-read", rotated, member["rotation"])
+        secret_access("rotation-versions", rotated, member["rotation"], "roles/secretmanager.secretVersionManager")
+
+        # URLs (the gateway's gcp adapters parse these forms).
+        queue_url = pulumi.Output.concat("pubsub://", project, "/", approvals_topic.name, "?subscription=",
+                                         naming.name("approvals-notifier"))
+        store_url = pulumi.Output.concat("firestore://", project, "/decisions?database=", database.name)
+        audit_url = f"gs://{bucket_name}/{AUDIT_PREFIX}"
+        evidence_url = f"gs://{bucket_name}/{EVIDENCE_PREFIX}"
+        signer_url = pulumi.Output.concat("gcpkms://", signing_key.id, "/cryptoKeyVersions/1")
+
+        # Functions: sources uploaded to a private bucket, named by content digest.
+        sources = gcp.storage.Bucket(naming.name("function-sources"), name=naming.global_name("function-sources"),
+                                     project=project, location=region, uniform_bucket_level_access=True,
+                                     public_access_prevention="enforced", force_destroy=True, labels=labels, opts=me)
+        self.source_objects: dict[str, gcp.storage.BucketObject] = {}
+        for unit, directory in sorted(code.items()):
+            self.source_objects[unit] = gcp.storage.BucketObject(
+                naming.name(f"{unit.replace('_', '-')}-source"), bucket=sources.name,
+                name=f"{unit}-{tree_digest(directory)[:16]}.zip", source=pulumi.FileArchive(str(directory)), opts=me)
+
+        def function(purpose: str, unit: str, entry_point: str, environment: dict, *, public: bool = False,
+                     timeout: int = 60, vpc: bool = False) -> gcp.cloudfunctionsv2.Function:
+            service = {
+                "service_account_email": accounts[purpose].email,
+                # Internal only: reachable by Pub/Sub push and from the VPC. The webhook alone is
+                # public, because chat platforms call it; it authenticates every request itself.
+                "ingress_settings": "ALLOW_ALL" if public else "ALLOW_INTERNAL_ONLY",
+                "environment_variables": environment, "timeout_seconds": timeout, "max_instance_count": 10,
+                "all_traffic_on_latest_revision": True,
+            }
+            if vpc:
+                service["direct_vpc_network_interfaces"] = [{"network": network.network,
+                                                             "subnetwork": network.subnetwork}]
+                service["direct_vpc_egress"] = "VPC_EGRESS_ALL_TRAFFIC"
+            fn = gcp.cloudfunctionsv2.Function(
+                naming.name(purpose), name=naming.name(purpose), project=project, location=region, labels=labels,
+                build_config={"runtime": RUNTIME, "entry_point": entry_point, "source": {"storage_source": {
+                    "bucket": sources.name, "object": self.source_objects[unit].name}}},
+                service_config=service, opts=me)
+            invoker = "allUsers" if public else member["pusher"]
+            gcp.cloudrunv2.ServiceIamMember(naming.name(f"{purpose}-invoker"), project=project, location=region,
+                                            name=fn.name, role="roles/run.invoker", member=invoker, opts=me)
+            return fn
+
+        def push(purpose: str, source: gcp.pubsub.Topic, target: gcp.cloudfunctionsv2.Function,
+                 max_attempts: int) -> gcp.pubsub.Subscription:
+            dead = dead_letter_topic(purpose)
+            subscription = gcp.pubsub.Subscription(
+                naming.name(f"{purpose}-notifier" if purpose == "approvals" else purpose),
+                name=naming.name(f"{purpose}-notifier" if purpose == "approvals" else purpose),
+                project=project, topic=source.id, ack_deadline_seconds=60, labels=labels,
+                push_config={"push_endpoint": target.url, "oidc_token": {
+                    "service_account_email": accounts["pusher"].email, "audience": target.url}},
+                dead_letter_policy={"dead_letter_topic": dead.id, "max_delivery_attempts": max_attempts},
+                retry_policy={"minimum_backoff": "10s", "maximum_backoff": "600s"}, opts=me)
+            gcp.pubsub.SubscriptionIAMMember(naming.name(f"{purpose}-agent-ack"), project=project,
+                                             subscription=subscription.name, role="roles/pubsub.subscriber",
+                                             member=pubsub_agent, opts=me)
+            return subscription
+
+        entry = {unit: names for unit, names in GCP_ENTRY_POINTS.items()}
+        self.webhook = function("webhook", "approval", entry["approval"][1], {
+            env.DECISION_STORE: store_url, env.SIGNING_SECRET: secret_url(signing_secret),
+            env.APPROVAL_CHANNEL: stack.approvals.channel,
+            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups)}, public=True)
+        notifier = function("notifier", "approval", entry["approval"][0], {
+            env.APPROVALS_QUEUE: queue_url, env.WEBHOOK_URL_SECRET: secret_url(webhook_url_secret),
+            env.APPROVAL_CHANNEL: stack.approvals.channel, env.WEBHOOK_ENDPOINT: self.webhook.url})
+        push("approvals", approvals_topic, notifier, stack.approvals.max_receives)
+        evidence = function("evidence", "evidence_export", entry["evidence_export"][0], {
+            env.AUDIT_STORE: audit_url, env.EVIDENCE_STORE: evidence_url, env.SIGNER: signer_url}, timeout=540)
+        push("evidence-export", schedule_topic, evidence, 5)
+        gcp.cloudscheduler.Job(naming.name("evidence-export"), name=naming.name("evidence-export"), project=project,
+                               region=region, schedule=f"0 {stack.audit.evidence_export_hour_utc} * * *",
+                               time_zone="Etc/UTC", pubsub_target={"topic_name": schedule_topic.id,
+                                                                   "data": "e30="},  # base64 of "{}"
+                               opts=me)
+        if rotated:
+            rotation_urls = pulumi.Output.all(**{n: secret_url(db_secrets[n]) for n, r in stack.resources.items()
+                                                 if r.rotate_days}).apply(
+                lambda urls: env.rotation_resources(stack, dict(urls)))
+            rotation = function("rotation", "key_rotation", entry["key_rotation"][0],
+                                {env.ROTATION_RESOURCES: rotation_urls}, timeout=120, vpc=True)
+            push("secret-rotation", rotation_topic, rotation, 5)
+
+        # The gateway on Cloud Run.
+        wiring = pulumi.Output.all(queue_url, store_url, signer_url, self.webhook.url, secret_url(masking_key),
+                                   pulumi.Output.all(**{n: secret_url(s) for n, s in db_secrets.items()})).apply(
+            lambda v: GatewayWiring(audit_archive=audit_url, signer=v[2], approvals_queue=v[0], decision_store=v[1],
+                                    approvals_public_url=v[3], masking_key=v[4], resource_passwords=dict(v[5]),
+                                    tls_cert_file="/".join(TLS_MOUNTS["cert"]), tls_key_file="/".join(TLS_MOUNTS["key"]),
+                                    control_address=f"0.0.0.0:{CONTROL_PORT}"))
+        self.gateway_config = wiring.apply(lambda w: render_gateway_config(stack, w))
+        command = boot_command(tls_from_env=False)
+        self.gateway = gcp.cloudrunv2.Service(
+            naming.name("gateway"), name=naming.name("gateway"), project=project, location=region,
+            ingress="INGRESS_TRAFFIC_INTERNAL_ONLY", deletion_protection=prod, labels=labels,
+            template={
+                "service_account": accounts["gateway"].email,
+                "scaling": {"min_instance_count": stack.gateway.replicas},
+                "vpc_access": {"network_interfaces": [{"network": network.network, "subnetwork": network.subnetwork}],
+                               "egress": "ALL_TRAFFIC"},
+                "containers": [{
+                    "image": stack.gateway.image, "commands": command[:1], "args": command[1:],
+                    "ports": {"container_port": CONTROL_PORT},
+                    "envs": [{"name": CONFIG_ENV, "value": self.gateway_config}],
+                    "resources": {"limits": {"cpu": str(stack.gateway.cpu if stack.gateway.cpu >= 1 else 1),
+                                             "memory": f"{stack.gateway.memory_mb}Mi"}},
+                    "volume_mounts": [{"name": f"tls-{part}", "mount_path": TLS_MOUNTS[part][0]} for part in sorted(tls)],
+                }],
+                # Secret Manager versions mounted as files: the service holds references, never values.
+                "volumes": [{"name": f"tls-{part}", "secret": {"secret": tls[part].secret_id, "items": [
+                    {"version": "latest", "path": TLS_MOUNTS[part][1], "mode": 0o400}]}} for part in sorted(tls)],
+            }, opts=me)
+
+        # Auditors: read the bucket, verify signatures, read decisions; change nothing.
+        for index, auditor in enumerate(stack.auditors):
+            gcp.storage.BucketIAMMember(naming.name(f"auditor-{index}-bucket"), bucket=self.audit_bucket.name,
+                                        role="roles/storage.objectViewer", member=auditor, opts=me)
+            gcp.kms.CryptoKeyIAMMember(naming.name(f"auditor-{index}-key"), crypto_key_id=signing_key.id,
+                                       role="roles/cloudkms.publicKeyViewer", member=auditor, opts=me)
+            firestore_grant(f"auditor-{index}-decisions", "roles/datastore.viewer", auditor)
+
+        self.outputs = {
+            "gateway_url": self.gateway.uri,
+            "audit_bucket": self.audit_bucket.name,
+            "signing_key": signing_key.id,
+            "webhook_url": self.webhook.url,
+            "secrets_to_fill": {s_name: s.id for s_name, s in [
+                *((f"db-{n}", s) for n, s in db_secrets.items()), ("masking-key", masking_key),
+                ("approver-webhook-url", webhook_url_secret), ("approver-signing-secret", signing_secret),
+                ("gateway-tls-cert", tls["cert"]), ("gateway-tls-key", tls["key"])]},
+        }
+        self.register_outputs(self.outputs)
+
+
+def deploy(stack: StackConfig, *, functions_dir: Path | None = None, build_dir: Path | None = None) -> WardgateGcp:
+    """Package the functions (``functions/build.py``) and declare the environment."""
+    code = build("gcp", build_dir or DEFAULT_BUILD_DIR, functions_dir=functions_dir)
+    return WardgateGcp(Naming(stack.environment).name("gcp"), stack, code)

@@ -1,0 +1,150 @@
+"""The shared stack configuration: every example stack loads; each mistake is refused naming the key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from infra_harness import REPO_ROOT
+from infra.common.config import StackConfigError, load_from_pulumi, load_stack_file, parse_stack_config
+from infra.common.naming import Naming, NameTooLong
+
+EXAMPLES = sorted((REPO_ROOT / "infra").glob("*/Pulumi.*.yaml"))
+
+
+def _dev_values() -> dict:
+    document = yaml.safe_load((REPO_ROOT / "infra" / "aws" / "Pulumi.dev.yaml").read_text())
+    return {k.removeprefix("wardgate:"): v for k, v in document["config"].items() if k.startswith("wardgate:")}
+
+
+def test_every_example_stack_loads():
+    names = {path.relative_to(REPO_ROOT / "infra").as_posix() for path in EXAMPLES}
+    assert names == {f"{cloud}/Pulumi.{env}.yaml" for cloud in ("aws", "gcp", "azure") for env in ("dev", "prod")}
+    for path in EXAMPLES:
+        config = load_stack_file(path)
+        assert config.environment == path.stem.split(".")[1] == config.tier
+
+
+def _error(values: dict) -> str:
+    with pytest.raises(StackConfigError) as caught:
+        parse_stack_config(values, "Pulumi.test.yaml")
+    return str(caught.value)
+
+
+def test_missing_issuers_is_refused_naming_the_key():
+    values = _dev_values()
+    del values["issuers"]
+    assert "wardgate:issuers: Field required" in _error(values)
+    values["issuers"] = []
+    assert "wardgate:issuers: at least one trusted OIDC issuer is required" in _error(values)
+
+
+def test_bad_issuer_is_refused_naming_the_key():
+    values = _dev_values()
+    values["issuers"] = [{"issuer": "https://ci.example", "audience": "x", "algorithms": ["HS256"]}]
+    assert "wardgate:issuers.0.algorithms:" in _error(values)
+
+
+@pytest.mark.parametrize("retention", [0, -5, "forever", 40000])
+def test_bad_audit_retention_is_refused_naming_the_key(retention):
+    values = _dev_values()
+    values["audit"] = {"retention_days": retention}
+    assert "wardgate:audit.retention_days:" in _error(values)
+
+
+def test_unsupported_log_retention_is_refused_naming_the_key():
+    values = _dev_values()
+    values["audit"] = {"retention_days": 30, "log_retention_days": 42}
+    assert "wardgate:audit.log_retention_days: 42 is not a supported log retention" in _error(values)
+
+
+def test_prod_requires_a_pinned_image_long_retention_and_two_replicas():
+    values = _dev_values() | {"tier": "prod"}
+    values["gateway"] = {"image": "wardgate:latest", "replicas": 1}
+    message = _error(values)
+    for key in ("gateway.image", "audit.retention_days", "gateway.replicas"):
+        assert key in message
+
+
+def test_secret_values_are_refused_with_where_they_go_instead():
+    values = _dev_values()
+    values["resources"] = {"orders": {**values["resources"]["orders"], "password": "hunter2"}}
+    message = _error(values)
+    assert "wardgate:resources.orders.password: secret values are not accepted" in message
+    assert "hunter2" not in message
+    values = _dev_values() | {"approvals": {"secure": "v1:abc"}}
+    assert "wardgate:approvals: encrypted config values are not used" in _error(values)
+
+
+def test_unknown_keys_and_public_client_ranges_are_refused():
+    values = _dev_values() | {"enviroment": "dev"}
+    assert "wardgate:enviroment: unknown key" in _error(values)
+    values = _dev_values()
+    values["network"] = {**values["network"], "client_cidrs": ["0.0.0.0/0"]}
+    assert "wardgate:network.client_cidrs:" in _error(values) and "not private" in _error(values)
+
+
+def test_existing_network_needs_its_ids():
+    values = _dev_values()
+    values["network"] = {"create": False, "client_cidrs": ["10.0.0.0/8"]}
+    assert "wardgate:network: " in _error(values) and "network_id and subnet_ids" in _error(values)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text("config: [\n")
+    with pytest.raises(StackConfigError, match="Pulumi.x.yaml: not valid YAML"):
+        load_stack_file(path)
+    with pytest.raises(StackConfigError, match="cannot read"):
+        load_stack_file(tmp_path / "missing.yaml")
+
+
+def test_the_program_reads_the_same_settings_from_the_pulumi_engine():
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    document = yaml.safe_load((REPO_ROOT / "infra" / "aws" / "Pulumi.dev.yaml").read_text())["config"]
+    # The engine hands structured values to the program JSON-encoded, plain ones as strings.
+    engine = {k: v if isinstance(v, str) else json.dumps(v) for k, v in document.items()}
+    from infra_harness import RecordingMocks, Stack
+
+    pulumi.runtime.set_mocks(RecordingMocks(Stack()), project="wardgate-aws", stack="dev")
+    runtime_config.set_all_config(engine, secret_keys=[])
+    try:
+        assert load_from_pulumi() == load_stack_file(REPO_ROOT / "infra" / "aws" / "Pulumi.dev.yaml")
+        runtime_config.set_all_config(engine, secret_keys=["wardgate:approvals"])
+        with pytest.raises(StackConfigError, match="wardgate:approvals: encrypted config values are not used"):
+            load_from_pulumi()
+    finally:
+        runtime_config.set_all_config({}, secret_keys=[])
+
+
+def test_naming_scheme():
+    naming = Naming("prod", "a1")
+    assert naming.name("approvals") == "wardgate-prod-approvals"
+    assert naming.global_name("audit") == "wardgate-prod-audit-a1"
+    assert naming.compact("data") == "wgproddataa1"
+    with pytest.raises(NameTooLong, match="allows 24"):
+        naming.compact("a-very-long-purpose-name")
+
+
+def test_boot_command_writes_the_config_and_tls_privately_and_drops_the_key_from_the_environment(tmp_path):
+    import os
+    import stat
+    import subprocess
+
+    from infra.common.gateway_config import boot_command
+
+    script = boot_command(tls_from_env=True)[2].replace("/tmp/wardgate", str(tmp_path / "wg"))
+    # Stand in for the gateway: show what it would be started with.
+    script = script.replace("exec wardgate serve --config", "exec env WARDGATE_ARGS=--config sh -c 'env; cat \"$0\"'")
+    result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30, env={
+        "PATH": os.environ["PATH"], "WARDGATE_CONFIG_YAML": "audit:\n  sink: 'file:///x y'\n",
+        "WARDGATE_TLS_CERT": "-----BEGIN CERTIFICATE-----", "WARDGATE_TLS_KEY": "-----BEGIN PRIVATE KEY-----"})
+    assert result.returncode == 0, result.stderr
+    assert "WARDGATE_TLS_KEY" not in result.stdout and "audit:\n  sink: 'file:///x y'" in result.stdout
+    key = tmp_path / "wg" / "tls" / "server-key.pem"
+    assert key.read_text() == "-----BEGIN PRIVATE KEY-----"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
