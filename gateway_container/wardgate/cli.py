@@ -332,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check_config)
+
+    from wardgate import localcloudtool
+    from wardgate.approvals import cli as approvals_cli
+
+    approvals_cli.add_parser(commands)
+    localcloudtool.add_parser(commands)
     return parser
 
 

@@ -7,6 +7,7 @@ import logging
 import secrets
 import signal
 import ssl
+import threading
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from wardgate.core.credentials import CredentialBroker, open_source
 from wardgate.core.devissuer import DevIssuer, dev_issuer_url
 from wardgate.core.identity import TokenVerifier
 from wardgate.core.integrity import LocalEd25519Signer
+from wardgate.core.model import Principal
 from wardgate.core.policy import AllowAll, PolicyError, load_policy
 from wardgate.core.session import DecisionCore
 from wardgate.metrics import GatewayMetrics
@@ -82,6 +84,10 @@ class Gateway:
         self._policy_stamp: tuple | None = None
         self._watcher: asyncio.Task | None = None
         self._sealer_task: asyncio.Task | None = None
+        self.approvals = None          # wardgate.approvals.ApprovalService when enabled
+        self.approval_webhook = None
+        self._notifier_stop: threading.Event | None = None
+        self._notifier_thread: threading.Thread | None = None
         self.archive: AuditArchive | None = None
 
     def reload_policy(self) -> bool:
@@ -154,8 +160,13 @@ class Gateway:
         else:
             log.warning("NO POLICY CONFIGURED: every statement that parses is allowed (and recorded)")
             policy = AllowAll()
-        self.core = DecisionCore(verifier=TokenVerifier(issuers), policy=policy, recorder=self.recorder,
-                                 gateway_id=self.gateway_id, observer=self.metrics)
+        verifier = TokenVerifier(issuers)
+        if config.approvals.enabled:
+            self._start_approvals(verifier)
+        self.core = DecisionCore(verifier=verifier, policy=policy, recorder=self.recorder,
+                                 gateway_id=self.gateway_id, observer=self.metrics, approvals=self.approvals,
+                                 approve_hint=self.approvals.approve_hint if self.approvals else "",
+                                 grant_refresh=config.approvals.grant_refresh)
         self.core.set_policy(policy, source=str(config.policy.file) if config.policy else "builtin")
         if config.policy is not None and config.policy.watch:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_policy())
@@ -202,6 +213,9 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/dev-issuer/.well-known/openid-configuration", self._dev_discovery)
         app.router.add_get("/dev-issuer/jwks", self._dev_jwks)
+        # The approvals webhook and REST API (embedded default of the cloud approval function).
+        app.router.add_route("*", "/approvals{tail:.*}", self._approvals_http)
+        app.router.add_route("*", "/access{tail:.*}", self._approvals_http)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = parse_address(self.config.control.address)
@@ -226,6 +240,66 @@ class Gateway:
             self.metrics.audit_up.set(0 if self.recorder.last_error else 1)
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
+    async def _approvals_http(self, request: web.Request) -> web.Response:
+        if self.approval_webhook is None:
+            return web.json_response({"error": "approvals are not enabled on this gateway"}, status=503)
+        from wardgate.approvals.webhook import WebhookRequest
+
+        body = await request.read()
+        call = WebhookRequest(request.method, request.path_qs, dict(request.headers), body, dict(request.query))
+        # The handler reads and writes the decision store: off the event loop.
+        answer = await asyncio.to_thread(self.approval_webhook.handle, call)
+        return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+
+    def _start_approvals(self, verifier: TokenVerifier) -> None:
+        from wardgate.approvals.notify import Notifier, WebhookTarget
+        from wardgate.approvals.service import ApprovalService
+        from wardgate.approvals.webhook import ApprovalWebhook
+
+        cfg = self.config.approvals
+        store = adapters.open_decision_store(local_url(cfg.store, self.config.state_dir))
+        queue = adapters.open_queue(local_url(cfg.queue, self.config.state_dir))
+        host, port = self.control_address
+        public = (cfg.public_url or f"http://{host}:{port}").rstrip("/")
+        # Approver roles follow the policy in force (reloads included), plus the token's groups.
+        service = ApprovalService(store, queue, roles_of=lambda p: set(self.core.policy.roles_for(p)) | set(p.groups),
+                                  approve_hint=f"wardgate approvals approve {{id}} --url {public}")
+        link_key = self._secret(cfg.link_key, "approval-link.key")
+        identities = {name: Principal(i.issuer, i.subject, tuple(i.groups),
+                                      {"display": i.display} if i.display else {})
+                      for name, i in cfg.identities.items()}
+        webhook = ApprovalWebhook(
+            service, verifier=verifier,
+            slack_signing_secret=self._secret(cfg.slack_signing_secret) if cfg.slack_signing_secret else None,
+            hmac_secret=self._secret(cfg.hmac_secret) if cfg.hmac_secret else None,
+            link_key=link_key, identities=identities,
+            grant_approvers={role: (tuple(g.approvers), g.quorum) for role, g in cfg.grants.items()},
+            max_grant_seconds=max((g.max_duration for g in cfg.grants.values()), default=8 * 3600.0),
+            link_base_url=public)
+        self.approvals = service
+        self.approval_webhook = webhook
+        if cfg.notify is not None and cfg.run_notifier:
+            url = cfg.notify.url
+            if not url.startswith(("https://", "http://")):
+                url = open_source(url, "webhook").fetch().password
+            target = WebhookTarget(cfg.notify.kind, url,
+                                   secret=self._secret(cfg.notify.secret) if cfg.notify.secret else None,
+                                   links=webhook.links, link_approvers=tuple(cfg.notify.link_approvers),
+                                   timeout=cfg.notify.timeout)
+            notifier = Notifier(queue, target, store=store)
+            self._notifier_stop = threading.Event()
+            self._notifier_thread = threading.Thread(target=notifier.run_forever, args=(self._notifier_stop,),
+                                                     name="wardgate-approval-notifier", daemon=True)
+            self._notifier_thread.start()
+
+    def _secret(self, url: str | None, generated: str | None = None) -> bytes:
+        """A secret from a credential URL, or one generated once into state_dir/``generated``."""
+        if url:
+            return open_source(url, "secret").fetch().password.encode()
+        path = self.config.state_dir / generated
+        create_file_atomically(path, secrets.token_hex(32).encode(), 0o600)  # the first one created wins
+        return path.read_text().strip().encode()
+
     async def _dev_discovery(self, request: web.Request) -> web.Response:
         if self.dev_issuer is None:
             raise web.HTTPNotFound(text="the dev issuer is not enabled\n")
@@ -249,6 +323,8 @@ class Gateway:
             self._watcher.cancel()
         if self._sealer_task is not None:
             self._sealer_task.cancel()
+        if self._notifier_stop is not None:
+            self._notifier_stop.set()
         for server in self._servers:
             server.close()
         for frontend in self._frontends:
