@@ -345,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # The Azure SDK logs every HTTP request's headers at INFO.
+    logging.getLogger("azure").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ConfigError, PolicyError) as exc:

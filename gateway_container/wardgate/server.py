@@ -278,6 +278,14 @@ class Gateway:
             link_base_url=public)
         self.approvals = service
         self.approval_webhook = webhook
+        # An in-process queue does not survive a restart, and a cloud queue may have been down when a
+        # request was stored: announce every pending request again (the notifier skips decided ones).
+        try:
+            announced = service.reannounce_pending()
+            if announced:
+                log.warning("approvals: re-announced %d pending request(s)", announced)
+        except Exception as exc:  # the store is down: held statements will be refused, loudly
+            log.error("approvals: cannot read pending requests from %s: %s", cfg.store, exc)
         if cfg.notify is not None and cfg.run_notifier:
             url = cfg.notify.url
             if not url.startswith(("https://", "http://")):
