@@ -31,6 +31,7 @@ demo: venv
 bench: venv
 	$(BIN)/python bench/pg_overhead.py
 	$(BIN)/python bench/audit_verify_speed.py
+	$(BIN)/python bench/approval_latency.py
 
 clean:
 	rm -rf build dist .pytest_cache .import_linter_cache .wardgate wardgate-audit .wardgate-demo
