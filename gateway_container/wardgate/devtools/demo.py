@@ -38,6 +38,9 @@ from wardgate.core.audit import read_segment
 from wardgate.devtools.pgserver import ThrowawayPostgres, env_without_libpq as clean_env, free_port
 
 RESOURCE = "orders-dev"  # a development resource in the default policy: agents may write there
+PROD_RESOURCE = "orders-prod"  # production: the default policy holds agents' changes for a DBA
+APPROVER, APPROVER_GROUP = "dana", "dba"
+HELD_STATEMENT = "ALTER TABLE demo_customers ADD COLUMN loyalty_tier text"
 SUBJECT = "agent-7"
 GROUP = "ai-agents"      # the default policy's `agent` role
 GATEWAY_START_TIMEOUT = 60.0
@@ -146,6 +149,13 @@ resources:
     database: {pg.dbname}
     username: {pg.service_user}
     password: file://{secret.resolve()}
+  {PROD_RESOURCE}:           # the same database, seen as production by the policy
+    protocol: postgres
+    host: {pg.host}
+    port: {pg.port}
+    database: {pg.dbname}
+    username: {pg.service_user}
+    password: file://{secret.resolve()}
 audit:
   sink: file://./audit   # JSON lines, one event per fact, hash-chained per session
 policy:
@@ -200,9 +210,9 @@ class GatewayProcess:
             self._pump.join(2)
 
 
-def mint_token(config: Path, wardgate: str) -> str:
-    argv = ["token", "--config", display_path(config), "--sub", SUBJECT, "--groups", GROUP]
-    print(f"  $ TOKEN=$({wardgate} {shlex.join(argv)})", flush=True)
+def mint_token(config: Path, wardgate: str, subject: str = SUBJECT, group: str = GROUP, var: str = "TOKEN") -> str:
+    argv = ["token", "--config", display_path(config), "--sub", subject, "--groups", group]
+    print(f"  $ {var}=$({wardgate} {shlex.join(argv)})", flush=True)
     proc = subprocess.run([sys.executable, "-m", "wardgate.cli", *argv], capture_output=True, text=True,
                           env=clean_env())
     if proc.returncode != 0:
@@ -393,6 +403,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print("\n  PostgreSQL's own statement log has no trace of the refused statements: the refusals "
               "happened in the gateway.")
 
+        step(f"A change on {PROD_RESOURCE!r} is held until a DBA approves it")
+        approve_held_change(wardgate, config, psql, port, ca_file, control_port, token)
+
         print_by_hand(wardgate, config, conninfo, args.keep_running)
         if args.keep_running:
             print("\nThe gateway and PostgreSQL keep running: press Ctrl-C to stop them.", flush=True)
@@ -410,6 +423,51 @@ def run_demo(args: argparse.Namespace) -> int:
         if gateway is not None:
             gateway.stop()
         pg.stop()
+
+
+def approve_held_change(wardgate: str, config: Path, psql: Path, port: int, ca_file: Path, control_port: int,
+                        token: str) -> None:
+    """The agent's ALTER TABLE on production waits (psql shows the NOTICE); another identity in the
+    approver group approves it with `wardgate approvals approve`; then exactly that statement runs."""
+    import re
+    import threading
+
+    conninfo = (f"host=127.0.0.1 port={port} dbname={PROD_RESOURCE} user={SUBJECT} "
+                f"sslmode=verify-full sslrootcert={display_path(ca_file)}")
+    show_command(["psql", conninfo, "-c", HELD_STATEMENT], env_prefix="PGPASSWORD=$TOKEN ")
+    proc = subprocess.Popen([str(psql), "-X", conninfo, "-c", HELD_STATEMENT],
+                            env=clean_env(PGPASSWORD=token, PGCONNECT_TIMEOUT="10"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    held = re.compile(r"request (\S+), rule")
+    deadline = time.monotonic() + 20
+    while not any(held.search(line) for line in lines):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise DemoError(f"the production change was not held for approval: {''.join(lines)}")
+        time.sleep(0.05)
+    request = next(held.search(line).group(1) for line in lines if held.search(line))
+    print(indent("".join(lines)))
+    print(f"  (psql is waiting. Nothing has reached PostgreSQL yet. Now {APPROVER!r}, a DBA, approves:)")
+    approver_token = mint_token(config, wardgate, APPROVER, APPROVER_GROUP, "APPROVER_TOKEN")
+    argv = ["approvals", "approve", request, "--reason", "schema change reviewed", "--url",
+            f"http://127.0.0.1:{control_port}"]
+    print(f"  $ WARDGATE_TOKEN=$APPROVER_TOKEN {wardgate} {shlex.join(argv)}", flush=True)
+    decision = subprocess.run([sys.executable, "-m", "wardgate.cli", *argv], capture_output=True, text=True,
+                              env=clean_env(WARDGATE_TOKEN=approver_token))
+    print(indent((decision.stdout + decision.stderr).strip()))
+    if decision.returncode != 0:
+        proc.kill()
+        raise DemoError(f"the approval failed (exit {decision.returncode})")
+    out, _ = proc.communicate(timeout=30)
+    reader.join(5)
+    print(indent(out.strip()))
+    if proc.returncode != 0:
+        raise DemoError(f"the approved statement failed: {''.join(lines)}")
+    print(f"  (the held ALTER TABLE ran once approved; the request, {APPROVER!r}'s decision and the result are "
+          "in the session's hash chain)")
 
 
 def print_by_hand(wardgate: str, config: Path, conninfo: str, keep_running: bool) -> None:
