@@ -77,3 +77,6 @@ def evidence_export(timer: func.TimerRequest) -> None:
 
 # --- key rotation (functions/key_rotation/handler.py) ----------------------------------------------
 # Registered here by its owner: two timer/rotation triggers wrapping functions.key_rotation.handler.
+from functions.key_rotation import azure as _rotation  # noqa: E402  (registers on the shared app)
+
+_rotation.register(app)

@@ -24,6 +24,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from wardgate.adapters.aws import BODY_ENCODING_ATTRIBUTE
 from wardgate.approvals.webhook import WebhookRequest
 from wardgate.core.ports import QueueMessage
 
@@ -35,8 +36,6 @@ logger = Logger(service="wardgate-approval")
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 resolver = LambdaFunctionUrlResolver()
 
-# wardgate.adapters.aws.SqsQueue marks bodies it had to base64 (not valid SQS text) with this attribute.
-BODY_ENCODING_ATTRIBUTE = "wardgate-body-encoding"
 
 
 def queue_message(record: SQSRecord) -> QueueMessage:

@@ -142,7 +142,8 @@ def export_period(audit_store: ObjectStore, evidence_store: ObjectStore, signer:
         objects = download_trail(audit_store, trail)
         if objects == 0:
             raise FileNotFoundError(f"the audit archive {audit_store.url} is empty: nothing to export")
-        package = export_evidence(trail, out, since=period.since, until=period.until, signer=signer)
+        package = export_evidence(trail, out, since=period.since, until=period.until, signer=signer,
+                                  trail_label=audit_store.url)
         fresh = {name: (out / name).read_bytes() for name in (*PACKAGE_FILES, MANIFEST_FILE)}
         result = ExportResult(period, "written", [prefix + n for n in (*PACKAGE_FILES, MANIFEST_FILE)],
                               package["verification"]["summary"],

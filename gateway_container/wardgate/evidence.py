@@ -543,8 +543,10 @@ def verify_manifest(out: Path, *, trail: Path | None = None, public_key_pem: byt
 
 
 def export_evidence(trail: Path, out: Path, *, since: str | None = None, until: str | None = None,
-                    signer: Signer | None = None) -> dict[str, Any]:
-    """Build the evidence package for ``since``..``until`` of ``trail`` into ``out``; return it."""
+                    signer: Signer | None = None, trail_label: str | None = None) -> dict[str, Any]:
+    """Build the evidence package for ``since``..``until`` of ``trail`` into ``out``; return it.
+    ``trail_label`` names the trail in the package (e.g. the archive's bucket URL when ``trail`` is a
+    local copy of it); default: the directory."""
     trail, out = Path(trail), Path(out)
     if not trail.is_dir():
         raise EvidenceError(f"{trail}: not a directory")
@@ -568,7 +570,8 @@ def export_evidence(trail: Path, out: Path, *, since: str | None = None, until: 
         if event.get("identity"):
             row["identity"] = _identity(event)
     package = {
-        "format": "wardgate-evidence", "v": FORMAT_VERSION, "generated_at": _now(), "trail": str(trail),
+        "format": "wardgate-evidence", "v": FORMAT_VERSION, "generated_at": _now(),
+        "trail": trail_label or str(trail),
         "period": {"since": since_n, "until": until_n,
                    "first_event": events[0].get("time") if events else None,
                    "last_event": events[-1].get("time") if events else None},
@@ -586,7 +589,7 @@ def export_evidence(trail: Path, out: Path, *, since: str | None = None, until: 
     for name, data in files.items():
         _write(out / name, data)
     manifest = {"format": "wardgate-evidence-manifest", "v": FORMAT_VERSION, "generated_at": package["generated_at"],
-                "trail": str(trail), "period": package["period"],
+                "trail": package["trail"], "period": package["period"],
                 "files": [{"name": n, "sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
                           for n, d in files.items()]}
     _write(out / MANIFEST_FILE, json.dumps(sign_manifest(manifest, signer), indent=2).encode())

@@ -171,7 +171,10 @@ def _sdk_errors(port: str, url: str) -> Iterator[None]:
 # SQS accepts only these characters in a body; anything else (or bytes that are not UTF-8) travels
 # base64-encoded, marked by an attribute so the receiver decodes it.
 _SQS_UNSAFE = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_BODY_ENCODING = "wardgate-body-encoding"
+# Bodies that are not valid SQS text are sent base64-encoded and marked with this message attribute;
+# consumers of Lambda SQS events decode them the same way (functions/approval/aws.py).
+BODY_ENCODING_ATTRIBUTE = "wardgate-body-encoding"
+_BODY_ENCODING = BODY_ENCODING_ATTRIBUTE
 _ATTRIBUTE_NAME = re.compile(r"^(?!(?:aws|amazon)\.)[A-Za-z0-9_-][A-Za-z0-9_.-]{0,255}$", re.IGNORECASE)
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 
