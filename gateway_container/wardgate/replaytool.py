@@ -2,8 +2,10 @@
 
 ``sessions`` lists the client sessions of a trail (one line each, or ``--json``), filtered by subject,
 resource, time window and decision. ``replay`` shows one session as it happened: a timeline relative
-to its first event, with each statement, its decision and rule, its result and what was masked; or,
-with ``--json``, the session's events exactly as recorded, in ``seq`` order.
+to its first event, with each statement, its decision and rule, its result and what was masked, each
+approval (requested → decided: who, when, verdict, reason) and each access grant (applied, expired);
+or, with ``--json``, the session's events exactly as recorded, in ``seq`` order. ``sessions --json``
+gives each session's approvals and grants paired (:func:`approvals_of`, :func:`grants_of`).
 
 The trail is read as ``audit verify`` reads it (same segment order, same handling of a torn last line);
 a session whose hash chain does not hold is still shown, under a warning naming ``wardgate audit verify``.
@@ -114,7 +116,10 @@ def summarize(session: RecordedSession) -> dict[str, Any]:
     ended = by_type.get("session.ended")
     decided = [e for e in events if e.get("type") == "command.decided"]
     decisions = sorted({str(e.get("decision")) for e in decided})
-    if ended is not None:
+    if session.is_gateway_chain:  # a gateway's own chain has no end: it spans the gateway's runs
+        end = "gateway chain"
+        commands = denied = duration = None
+    elif ended is not None:
         end = str(ended.get("reason") or "ended")
         commands, denied, duration = ended.get("commands"), ended.get("denied"), ended.get("duration_s")
     else:
@@ -138,7 +143,55 @@ def summarize(session: RecordedSession) -> dict[str, Any]:
         "duration_s": duration,
         "end": end,
         "events": len(events),
+        "approvals": approvals_of(session),
+        "grants": grants_of(session),
     }
+
+
+def approvals_of(session: RecordedSession) -> list[dict[str, Any]]:
+    """Each approval request of the session, paired with its outcome (``verdict`` None: undecided —
+    still held, or the session was cut short). ``by`` are the approvers as ``subject (issuer)``."""
+    statements: dict[str, str] = {}
+    approvals: dict[str, dict[str, Any]] = {}
+
+    def entry(event: dict[str, Any]) -> dict[str, Any]:
+        return approvals.setdefault(str(event.get("request")), {
+            "request": event.get("request"), "command": event.get("command"),
+            "statement": statements.get(str(event.get("command"))), "rule": None, "approvers": None,
+            "quorum": None, "scope": None, "requested_at": None, "verdict": None, "by": [], "reason": None,
+            "decided_at": None, "recorded_at": None})
+
+    for event in session.ordered:
+        kind = event.get("type")
+        if kind == "command.decided":
+            statements[str(event.get("id"))] = str(event.get("statement") or "")
+        elif kind == "approval.requested":
+            entry(event).update(rule=event.get("rule"), approvers=event.get("approvers"),
+                                quorum=event.get("quorum"), scope=event.get("scope"), requested_at=event.get("time"))
+        elif kind == "approval.decided":
+            # decided_at: when the store recorded the outcome; recorded_at: when the gateway saw it.
+            entry(event).update(verdict=event.get("verdict"), by=[_who(b) for b in event.get("by") or []],
+                                reason=event.get("reason"), decided_at=_epoch_or_none(event.get("at")),
+                                recorded_at=event.get("time"))
+    return list(approvals.values())
+
+
+def grants_of(session: RecordedSession) -> list[dict[str, Any]]:
+    """Each just-in-time access grant the session used: applied, and expired (None while live)."""
+    grants: dict[str, dict[str, Any]] = {}
+    for event in session.ordered:
+        kind = event.get("type")
+        if kind == "access.grant_applied":
+            grants[str(event.get("grant"))] = {
+                "grant": event.get("grant"), "role": event.get("role"), "applied_at": event.get("time"),
+                "expires_at": _epoch_or_none(event.get("expires_at")),
+                "approved_by": list(event.get("approved_by") or []), "expired_at": None}
+        elif kind == "access.grant_expired":
+            entry = grants.setdefault(str(event.get("grant")), {
+                "grant": event.get("grant"), "role": event.get("role"), "applied_at": None, "expires_at": None,
+                "approved_by": []})
+            entry["expired_at"] = event.get("time")
+    return list(grants.values())
 
 
 def list_sessions(directory: Path, *, subject: str | None = None, resource: str | None = None,
@@ -206,17 +259,32 @@ def format_replay(session: RecordedSession, *, full: bool = False, warnings: lis
         out.append(f"WARNING: {message}")
     if warnings:
         out.append(f"         the trail may have been altered: run `wardgate audit verify {location}` for the whole trail")
-    out.append(f"session {session.id}  resource {summary['resource'] or '-'} ({summary['protocol'] or '-'})  "
-               f"gateway {summary['gateway'] or '-'}")
+    if session.is_gateway_chain:
+        out.append(f"session {session.id}  the gateway's own chain (policy loads)  gateway {summary['gateway'] or '-'}")
+    else:
+        out.append(f"session {session.id}  resource {summary['resource'] or '-'} ({summary['protocol'] or '-'})  "
+                   f"gateway {summary['gateway'] or '-'}")
     if summary["subject"] is not None:
         out.append(f"subject {summary['subject']} via {summary['issuer'] or '-'}")
-    out.append(f"started {summary['start']}, {len(events)} events, {summary['commands']} commands, "
-               f"{summary['denied']} denied, {_duration(summary['duration_s'])}, end: {summary['end']}")
+    if session.is_gateway_chain:
+        out.append(f"first event {summary['start']}, {len(events)} events")
+    else:
+        out.append(f"started {summary['start']}, {len(events)} events, {summary['commands']} commands, "
+                   f"{summary['denied']} denied, {_duration(summary['duration_s'])}, end: {summary['end']}")
+    if summary["approvals"]:
+        outcomes = []
+        for approval in summary["approvals"]:
+            by = f" by {', '.join(approval['by'])}" if approval["by"] else ""
+            outcomes.append(f"{approval['request']} {approval['verdict'] or 'undecided'}{by}")
+        out.append(f"approvals: {'; '.join(outcomes)}")
+    if summary["grants"]:
+        out.append("access grants: " + ", ".join(f"{g['role']} ({g['grant']})" for g in summary["grants"]))
     out.append("")
 
     t0 = _parse_time(events[0].get("time")) if events else None
     numbers: dict[str, int] = {}  # decided event id → command number
     messages: dict[str, Any] = {}  # decided event id → its refusal message (not repeated in the result)
+    requested: dict[str, dict[str, Any]] = {}  # approval request id → its approval.requested event
     pad = " " * (10 + _LABEL)
 
     def emit(event: dict[str, Any], label: str, text: str, more: list[str] = ()) -> None:
@@ -275,9 +343,40 @@ def format_replay(session: RecordedSession, *, full: bool = False, warnings: lis
             detail = " ".join(str(x) for x in (event.get("code"), event.get("message") or event.get("error")) if x)
             emit(event, kind.split(".", 1)[1].replace("_", " "), _clip(detail or "-", MESSAGE_WIDTH))
         elif kind == "session.ended":
-            emit(event, "ended", f"{event.get('reason')}; {event.get('commands')} commands, "
-                                 f"{event.get('denied')} denied, {_duration(event.get('duration_s'))}")
-        else:  # policy.loaded, approvals, anything newer: its own fields, compactly
+            if event.get("recovered"):
+                emit(event, "ended", f"recovered after a crash: {_clip(event.get('reason'), MESSAGE_WIDTH)}")
+            else:
+                emit(event, "ended", f"{event.get('reason')}; {event.get('commands')} commands, "
+                                     f"{event.get('denied')} denied, {_duration(event.get('duration_s'))}")
+        elif kind == "approval.requested":
+            requested[str(event.get("request"))] = event
+            label = f"[{numbers.get(str(event.get('command')), '?')}] held"
+            emit(event, label, _approval_requested(event))
+        elif kind == "approval.decided":
+            label = f"[{numbers.get(str(event.get('command')), '?')}] {event.get('verdict')}"
+            emit(event, label, _approval_decided(event, requested.get(str(event.get("request")))))
+        elif kind == "approval.failed":
+            label = f"[{numbers.get(str(event.get('command')), '?')}] not held"
+            emit(event, label, f"the approval request could not be stored, refused: "
+                               f"{_clip(event.get('error'), MESSAGE_WIDTH)}")
+        elif kind == "approval.store_unavailable":
+            emit(event, "approval store", f"request {event.get('request')}: unavailable: "
+                                          f"{_clip(event.get('error'), MESSAGE_WIDTH)}")
+        elif kind == "access.grant_applied":
+            approvers = ", ".join(map(str, event.get("approved_by") or [])) or "-"
+            emit(event, "grant applied", f"role {event.get('role')} until {_epoch(event.get('expires_at'))} "
+                                         f"(grant {event.get('grant')}), approved by {approvers}")
+        elif kind == "access.grant_expired":
+            emit(event, "grant expired", f"role {event.get('role')} no longer applies (grant {event.get('grant')})")
+        elif kind == "access.grants_unavailable":
+            emit(event, "grants error", f"granted roles lapse: {_clip(event.get('error'), MESSAGE_WIDTH)}")
+        elif kind == "policy.loaded":
+            emit(event, "policy loaded", f"{event.get('policy')} from {event.get('source')}")
+        elif kind == "policy.load_failed":
+            problems = str(event.get("error") or "").splitlines()
+            emit(event, "policy refused", f"{event.get('source')}: still running {event.get('running_policy')}",
+                 [line.strip() for line in problems[1:] or problems])
+        else:  # anything newer than this reader: its own fields, compactly
             emit(event, kind, _clip(_compact(_own_fields(event)), MESSAGE_WIDTH))
     if summary["end"] in ("open", "truncated"):
         out.append("")
@@ -334,6 +433,53 @@ def _result(event: dict[str, Any], decision_message: Any = None) -> str:
     return "  ".join(parts)
 
 
+def _approval_requested(event: dict[str, Any]) -> str:
+    approvers = ", ".join(map(str, event.get("approvers") or [])) or "-"
+    quorum = event.get("quorum") or 1
+    who = f"{approvers}" if quorum == 1 else f"{quorum} of {approvers}"
+    return (f"for approval: request {event.get('request')}, rule {event.get('rule')}; needs {who}, "
+            f"scope {event.get('scope')}, deadline {_whole_duration(event.get('deadline_s'))}")
+
+
+def _approval_decided(event: dict[str, Any], requested: dict[str, Any] | None) -> str:
+    verdict = event.get("verdict")
+    decided_at = _epoch_or_none(event.get("at"))
+    waited = ""
+    if requested is not None:
+        seconds = _seconds_between(requested.get("time"), decided_at or event.get("time"))
+        if seconds is not None:
+            waited = f", {_duration(max(0.0, seconds))} after the request"
+    if verdict in ("approved", "denied"):
+        who = ", ".join(_who(b) for b in event.get("by") or []) or "unknown"
+        text = f"by {who} at {decided_at or '-'}{waited}"
+    elif verdict == "expired":
+        text = f"no decision by the deadline ({decided_at or '-'}): refused"
+    else:  # withdrawn, or anything newer
+        text = f"at {decided_at or '-'}{waited}"
+    reason = event.get("reason")
+    return f"{text}; reason: {_clip(reason, MESSAGE_WIDTH)}" if reason else text
+
+
+def _whole_duration(seconds: Any) -> str:
+    """A policy duration as written in policies (``15m``, ``2h``, ``90s``)."""
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        return "-"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _who(identity: Any) -> str:
+    """An approver as ``subject (issuer)`` (or its display name); strings are shown as recorded."""
+    if isinstance(identity, dict):
+        name = identity.get("display") or identity.get("subject") or "?"
+        return f"{name} ({identity['issuer']})" if identity.get("issuer") else str(name)
+    return str(identity)
+
+
 _COMMON = {"v", "id", "time", "type", "session", "seq", "gateway", "protocol", "resource", "identity",
            "prev_hash", "controls"}
 
@@ -380,6 +526,17 @@ def _parse_time(value: Any) -> datetime | None:
 def _seconds_between(first: Any, last: Any) -> float | None:
     a, b = _parse_time(first), _parse_time(last)
     return round((b - a).total_seconds(), 3) if a is not None and b is not None else None
+
+
+def _epoch_or_none(value: Any) -> str | None:
+    """Epoch seconds as RFC 3339 UTC with milliseconds (None stays None)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(float(value), timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(value)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _epoch(value: Any) -> str:
