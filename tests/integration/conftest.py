@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ def make_gateway(postgres) -> Iterator[Callable[..., GatewayThread]]:
     yield make
     for gateway in started:
         gateway.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
