@@ -32,12 +32,13 @@ def document(*statements: dict) -> pulumi.Output[str]:
     return pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
 
-def trust(service: str) -> str:
-    """Assume-role policy for one AWS service principal."""
-    import json
-
-    return json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]})
+def trust(service: str, condition: dict | None = None) -> pulumi.Output[str]:
+    """Assume-role policy for one AWS service principal, optionally only under ``condition`` (such as
+    ``aws:SourceAccount``, against the confused deputy)."""
+    statement: dict[str, Any] = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+    if condition:
+        statement["Condition"] = condition
+    return pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": [statement]})
 
 
 def via_service(region: str, *services: str) -> dict:

@@ -19,7 +19,7 @@ import pulumi_aws as aws
 from functions.build import AWS_HANDLERS, build
 from infra.aws.data import AUDIT_PREFIX, EVIDENCE_PREFIX, ApprovalsQueue, AuditBucket, Keys, decision_table, secret
 from infra.aws.gateway import GatewayService
-from infra.aws.iam import allow, deny_insecure_transport, document, via_service
+from infra.aws.iam import allow, deny_insecure_transport, document, trust, via_service
 from infra.aws.lambdas import LambdaFunction
 from infra.aws.network import network_for
 from infra.common import function_env as env
@@ -31,6 +31,9 @@ DEFAULT_BUILD_DIR = Path(__file__).resolve().parent / ".build"
 VENDOR_ENV = "WARDGATE_FUNCTIONS_VENDOR_DIR"
 _AUDITOR_PRINCIPAL = re.compile(r"^arn:aws:iam::\d{12}:(root|role/[\w+=,.@/-]+|user/[\w+=,.@/-]+)$")
 _NOTIFIER_TIMEOUT = 30
+# The rotation function's own step (functions/key_rotation/aws.py) and how often it runs.
+RETIRE_STEP = "retirePrevious"
+RETIRE_SCHEDULE = "rate(1 hour)"
 
 
 def secret_url(arn: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -98,7 +101,7 @@ class WardgateAws(pulumi.ComponentResource):
             allow(["kms:Decrypt"], [data_key], via_service(region, "secretsmanager")),
         ], {env.DECISION_STORE: decisions_url, env.SIGNING_SECRET: secret_url(signing_secret.arn),
             env.APPROVAL_CHANNEL: stack.approvals.channel,
-            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups)})
+            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups), env.ISSUERS: env.issuers(stack)})
         self.webhook_url = aws.lambda_.FunctionUrl(naming.name("webhook-url"), function_name=webhook.function.name,
                                                    authorization_type="NONE", opts=me)
         aws.lambda_.Permission(naming.name("webhook-url-invoke"), action="lambda:InvokeFunctionUrl",
@@ -204,6 +207,7 @@ class WardgateAws(pulumi.ComponentResource):
                     # No rotation before the operator has put the first value.
                     rotate_immediately=False,
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[permission]))
+            self._retire_schedules(rotated, rotation, naming, account_id)
 
         # Auditors: read the trail and verify signatures; change nothing.
         self.auditor_role = None
@@ -237,6 +241,27 @@ class WardgateAws(pulumi.ComponentResource):
                 ("gateway-tls-cert", tls["cert"]), ("gateway-tls-key", tls["key"])]},
         }
         self.register_outputs(self.outputs)
+
+    def _retire_schedules(self, rotated: dict[str, aws.secretsmanager.Secret], rotation: LambdaFunction,
+                          naming: Naming, account_id: pulumi.Input[str]) -> None:
+        """Hourly ``retirePrevious`` per rotated secret, so the previous credential stops working within
+        an hour of its grace period (Secrets Manager itself would only retire it at the next rotation).
+        A failed run needs no dead-letter queue: the next hour's run does the same work."""
+        me = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(naming.name("rotation-scheduler"), name=naming.name("rotation-scheduler"),
+                            assume_role_policy=trust("scheduler.amazonaws.com",
+                                                     {"StringEquals": {"aws:SourceAccount": account_id}}),
+                            tags=naming.tags(), opts=me)
+        policy = aws.iam.RolePolicy(naming.name("rotation-scheduler"), role=role.id, policy=document(
+            allow(["lambda:InvokeFunction"], [rotation.function.arn])), opts=me)
+        for name, db_secret in rotated.items():
+            aws.scheduler.Schedule(
+                naming.name(f"retire-{name}"), name=naming.name(f"retire-{name}"),
+                schedule_expression=RETIRE_SCHEDULE, flexible_time_window={"mode": "OFF"},
+                target={"arn": rotation.function.arn, "role_arn": role.arn,
+                        "input": pulumi.Output.json_dumps({"SecretId": db_secret.arn, "Step": RETIRE_STEP}),
+                        "retry_policy": {"maximum_retry_attempts": 2, "maximum_event_age_in_seconds": 1800}},
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]))
 
     def _function(self, purpose: str, code: dict[str, Path], stack: StackConfig, naming: Naming,
                   grants: list[dict], environment: dict, **kwargs) -> LambdaFunction:

@@ -30,6 +30,7 @@ DEFAULT_BUILD_DIR = Path(__file__).resolve().parent / ".build"
 # placeholder (not a secret) and never touches the value again: the operator sets the real one.
 PLACEHOLDER = "set-by-operator: az keyvault secret set"
 TLS_MOUNT = "/run/secrets/wardgate-tls"
+ROTATION_SCHEDULE = "0 30 * * * *"  # NCRONTAB with seconds: minute 30 of every hour
 _OBJECT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # Built-in role definition ids (stable GUIDs across tenants).
@@ -244,13 +245,18 @@ class WardgateAzure(pulumi.ComponentResource):
             "WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID": functions_id.id,
             "WARDGATE_APPROVALS_QUEUE_NAME": "approvals",
             "WARDGATE_EVIDENCE_SCHEDULE": f"0 0 {stack.audit.evidence_export_hour_utc} * * *",
-            "WARDGATE_ROTATION_SCHEDULE": "0 30 3 * * *",
+            # Hourly: each run retires a previous credential whose grace is over, and rotates a
+            # credential that reached rotate_days (functions/key_rotation/azure.py).
+            "WARDGATE_ROTATION_SCHEDULE": ROTATION_SCHEDULE,
             env.APPROVALS_QUEUE: queue_url, env.DECISION_STORE: store_url,
             env.APPROVAL_CHANNEL: stack.approvals.channel, env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups),
             env.WEBHOOK_URL_SECRET: secret_url(webhook_url_secret), env.SIGNING_SECRET: secret_url(signing_secret),
             env.AUDIT_STORE: f"azblob://{data_name}/audit", env.EVIDENCE_STORE: f"azblob://{data_name}/evidence",
-            env.SIGNER: signer_url, env.ROTATION_RESOURCES: rotation_urls,
+            env.SIGNER: signer_url, env.ROTATION_RESOURCES: rotation_urls, env.ISSUERS: env.issuers(stack),
         }
+        if not rotated:
+            # Nothing to rotate: the timer (function key_rotation) would fail every hour on an empty list.
+            settings["AzureWebJobs.key_rotation.Disabled"] = "true"
         self.function_app = web.WebApp(
             naming.name("functions"), name=naming.global_name("functions"), resource_group_name=rg, location=location,
             kind="functionapp,linux", server_farm_id=plan.id, https_only=True, reserved=True,

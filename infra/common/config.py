@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from infra.common.paths import make_importable
 
 make_importable()
-from wardgate.config import IssuerConfig  # noqa: E402  (one issuer schema for the gateway and its deployments)
+from wardgate.config import IssuerConfig, ResourceConfig  # noqa: E402  (one schema for the gateway and its deployments)
+
+# The gateway's own default, so a stack that says nothing deploys what the gateway would do anyway.
+_GATEWAY_CREDENTIAL_REFRESH = ResourceConfig.model_fields["credential_refresh"].default
 
 NAMESPACE = "wardgate"
 
@@ -111,11 +114,30 @@ class ResourceSettings(_Strict):
     ca_file: str | None = None
     # Days between scheduled rotations of the credential; 0 disables rotation.
     rotate_days: int = Field(30, ge=0, le=365)
+    # How long the previous credential keeps working after a rotation (then its password is removed).
+    grace_seconds: int = Field(3600, ge=60)
+    # How long the gateway reuses a fetched credential before fetching it again.
+    credential_refresh_seconds: int = Field(int(_GATEWAY_CREDENTIAL_REFRESH), ge=10)
 
     @model_validator(mode="after")
     def _ca(self) -> "ResourceSettings":
         if self.tls_mode == "verify-full" and not self.ca_file:
             raise ValueError("tls_mode verify-full needs ca_file (a CA bundle inside the gateway image)")
+        return self
+
+    @model_validator(mode="after")
+    def _grace(self) -> "ResourceSettings":
+        if not self.rotate_days:
+            return self
+        # Shorter than the refresh, gateways would still hold a removed password (one refused login and
+        # re-fetch per connection); as long as the interval, the previous credential never retires.
+        if self.grace_seconds <= self.credential_refresh_seconds:
+            raise ValueError(f"grace_seconds ({self.grace_seconds}) must be longer than credential_refresh_seconds "
+                             f"({self.credential_refresh_seconds}): gateways must have fetched the new credential "
+                             "before the old one stops working")
+        if self.grace_seconds >= self.rotate_days * 86400:
+            raise ValueError(f"grace_seconds ({self.grace_seconds}) must be shorter than the rotation interval "
+                             f"(rotate_days {self.rotate_days} = {self.rotate_days * 86400} s)")
         return self
 
 

@@ -21,7 +21,8 @@ CONFIG_PATH = "/tmp/wardgate/config.yaml"
 LISTENER_PORT = 6432
 CONTROL_PORT = 9480
 STATE_DIR = "/var/lib/wardgate"
-# Where TLS material handed over in environment variables (ECS secrets) is written at boot.
+# Where TLS material handed over in environment variables (ECS secrets) or fetched from Secret Manager
+# (Compute Engine) is written at boot.
 TLS_ENV = {"cert": "WARDGATE_TLS_CERT", "key": "WARDGATE_TLS_KEY"}
 TLS_FROM_ENV_FILES = {"cert": "/tmp/wardgate/tls/server.pem", "key": "/tmp/wardgate/tls/server-key.pem"}
 
@@ -42,6 +43,11 @@ class GatewayWiring:
     control_address: str = f"127.0.0.1:{CONTROL_PORT}"
 
 
+def issuer_documents(stack: StackConfig) -> list[dict]:
+    """The trusted issuers as configuration (the gateway's, and the approval webhook's REST API's)."""
+    return [issuer.model_dump(mode="json", exclude_defaults=True) for issuer in stack.issuers]
+
+
 def gateway_config_document(stack: StackConfig, wiring: GatewayWiring) -> dict:
     """The gateway configuration (``wardgate.config.GatewayConfig`` plus the cloud wiring keys)."""
     resources = {}
@@ -54,6 +60,8 @@ def gateway_config_document(stack: StackConfig, wiring: GatewayWiring) -> dict:
             "username": resource.username,
             "password": wiring.resource_passwords[name],
             "tls": {"mode": resource.tls_mode, **({"ca_file": resource.ca_file} if resource.ca_file else {})},
+            # Shorter than the rotation's grace period (checked in the stack config).
+            "credential_refresh": resource.credential_refresh_seconds,
         }
         resources[name] = entry
     return {
@@ -66,7 +74,7 @@ def gateway_config_document(stack: StackConfig, wiring: GatewayWiring) -> dict:
         }],
         "control": {"address": wiring.control_address},
         "state_dir": STATE_DIR,
-        "issuers": [issuer.model_dump(mode="json", exclude_defaults=True) for issuer in stack.issuers],
+        "issuers": issuer_documents(stack),
         "resources": resources,
         "policy": {"file": stack.gateway.policy_file},
         "masking_key": wiring.masking_key,
@@ -87,15 +95,39 @@ def render_gateway_config(stack: StackConfig, wiring: GatewayWiring) -> str:
     return yaml.safe_dump(gateway_config_document(stack, wiring), sort_keys=False)
 
 
-def boot_command(tls_from_env: bool) -> list[str]:
-    """The container command: write the configuration (and, on ECS, the TLS material injected as
-    secrets) to private files, then exec the gateway. ``unset`` keeps the key out of the gateway's
-    environment once it is on disk."""
+# Reads Secret Manager versions into files with the VM's service account, using only the image's Python
+# standard library (the metadata server's token, then the REST API): Compute Engine has no secret mounts.
+# Arguments: pairs of (projects/P/secrets/S, file).
+SECRET_MANAGER_FETCH = """\
+import base64, json, sys, urllib.request
+TOKEN = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+API = "https://secretmanager.googleapis.com/v1/"
+def get(url, headers):
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+        return json.load(response)
+token = get(TOKEN, {"Metadata-Flavor": "Google"})["access_token"]
+for name, path in zip(sys.argv[1::2], sys.argv[2::2]):
+    payload = get(API + name + "/versions/latest:access", {"Authorization": "Bearer " + token})["payload"]
+    with open(path, "wb") as out:
+        out.write(base64.b64decode(payload["data"]))
+"""
+
+
+def boot_command(tls_from_env: bool, tls_from_secret_manager: dict[str, str] | None = None) -> list[str]:
+    """The container command: write the configuration and the TLS material to private files, then exec
+    the gateway. TLS comes from environment variables ECS injected as secrets (``tls_from_env``;
+    ``unset`` keeps the key out of the gateway's environment once it is on disk), from Secret Manager
+    (``tls_from_secret_manager``: part → ``projects/P/secrets/S``, on Compute Engine), or is mounted by
+    the platform (neither)."""
     steps = ["set -eu", "umask 077", "mkdir -p /tmp/wardgate/tls",
              f'printf "%s" "${CONFIG_ENV}" > {shlex.quote(CONFIG_PATH)}']
     if tls_from_env:
         for part in ("cert", "key"):
             steps.append(f'printf "%s" "${TLS_ENV[part]}" > {shlex.quote(TLS_FROM_ENV_FILES[part])}')
         steps.append(f"unset {TLS_ENV['cert']} {TLS_ENV['key']}")
+    if tls_from_secret_manager:
+        pairs = " ".join(f"{shlex.quote(tls_from_secret_manager[part])} {shlex.quote(TLS_FROM_ENV_FILES[part])}"
+                         for part in ("cert", "key"))
+        steps.append(f"python -c {shlex.quote(SECRET_MANAGER_FETCH)} {pairs}")
     steps.append(f"exec wardgate serve --config {shlex.quote(CONFIG_PATH)}")
     return ["/bin/sh", "-c", "; ".join(steps)]

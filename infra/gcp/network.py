@@ -20,7 +20,8 @@ class NetworkRefs:
 
 class PrivateNetwork(pulumi.ComponentResource):
     """VPC + subnetwork + Cloud Router/NAT; GCP denies ingress unless a firewall rule allows it, and
-    this program adds none."""
+    the only rules this program adds admit the client ranges and Google's health checkers to the
+    gateway VMs (``gateway.py``)."""
 
     def __init__(self, name: str, stack: StackConfig, naming: Naming, project: str,
                  opts: pulumi.ResourceOptions | None = None):

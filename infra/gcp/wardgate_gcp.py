@@ -1,13 +1,17 @@
 """wardgate on Google Cloud: ``deploy(stack)`` builds every resource of one environment.
 
-Gateway on Cloud Run (internal ingress, Direct VPC egress, its own service account); Pub/Sub topics
+Gateway on a regional managed instance group of Container-Optimized OS VMs behind an internal
+passthrough TCP load balancer (``gateway.py``: Cloud Run carries no raw TCP); Pub/Sub topics
 whose every subscription dead-letters; Cloud Functions (2nd gen) fed by those subscriptions (push with
 an OIDC token, so the dead-letter policy is ours, not an implicit Eventarc subscription's); Cloud
-Scheduler for evidence export; Secret Manager rotation notifications for credential rotation; a GCS
+Scheduler for evidence export and the hourly retirement of rotated credentials; Secret Manager rotation
+notifications for credential rotation; a GCS
 audit bucket with a retention policy (locked in prod) and CMEK; Cloud KMS keys; read-only auditors.
 
-Every grant is a resource-level binding (topic, secret, key, bucket) or a project binding narrowed by
-an IAM condition to wardgate's own Firestore database: no project-wide role without a condition.
+Every grant is a resource-level binding (topic, secret, key, bucket, repository) or a project binding
+narrowed by an IAM condition to wardgate's own Firestore database. The only unconditioned project roles
+are the write-only agent roles the gateway VMs' logging and monitoring agents need
+(:data:`VM_AGENT_ROLES`): those permissions exist at project level only.
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ import pulumi_gcp as gcp
 from functions.build import GCP_ENTRY_POINTS, build, tree_digest
 from infra.common import function_env as env
 from infra.common.config import StackConfig, StackConfigError
-from infra.common.gateway_config import CONFIG_ENV, CONTROL_PORT, GatewayWiring, boot_command, render_gateway_config
+from infra.common.gateway_config import CONTROL_PORT, TLS_FROM_ENV_FILES, GatewayWiring, render_gateway_config
 from infra.common.naming import Naming
+from infra.gcp.gateway import GatewayGroup, artifact_registry_repository
 from infra.gcp.network import network_for
 
 DEFAULT_BUILD_DIR = Path(__file__).resolve().parent / ".build"
 RUNTIME = "python311"
 AUDIT_PREFIX = "audit/"
 EVIDENCE_PREFIX = "evidence/"
-TLS_MOUNTS = {"cert": ("/run/secrets/wardgate-tls-cert", "server.pem"),
-              "key": ("/run/secrets/wardgate-tls-key", "server-key.pem")}
+# Cloud Scheduler's own notification for the rotation function (functions/key_rotation/gcp.py).
+RETIRE_EVENT = "WARDGATE_RETIRE"
+RETIRE_SCHEDULE = "15 * * * *"
+# Written by the VMs' logging and monitoring agents; no narrower resource than the project exists.
+VM_AGENT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
 _MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s]+$")
 _DAY = 86400
 
@@ -82,6 +90,12 @@ class WardgateGcp(pulumi.ComponentResource):
             naming.name("data-gcs-agent"), crypto_key_id=data_key.id, role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
             member=pulumi.Output.concat("serviceAccount:service-", number, "@gs-project-accounts.iam.gserviceaccount.com"),
             opts=me)
+        # The gateway VMs' boot disks (where audit events are spooled before shipping) use the data key.
+        compute_agent = gcp.kms.CryptoKeyIAMMember(
+            naming.name("data-compute-agent"), crypto_key_id=data_key.id,
+            role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
+            member=pulumi.Output.concat("serviceAccount:service-", number,
+                                        "@compute-system.iam.gserviceaccount.com"), opts=me)
 
         # The audit bucket: WORM retention (locked in prod: it can then never be shortened or removed),
         # CMEK, uniform access, public access prevention, versioning.
@@ -178,6 +192,14 @@ class WardgateGcp(pulumi.ComponentResource):
         bucket_grant("gateway-audit-write", "roles/storage.objectCreator", member["gateway"], [AUDIT_PREFIX])
         gcp.kms.CryptoKeyIAMMember(naming.name("gateway-signs"), crypto_key_id=signing_key.id,
                                    role="roles/cloudkms.signerVerifier", member=member["gateway"], opts=me)
+        for role in VM_AGENT_ROLES:
+            gcp.projects.IAMMember(naming.name(f"gateway-{role.split('/')[1].split('.')[0]}"), project=project,
+                                   role=role, member=member["gateway"], opts=me)
+        repository = artifact_registry_repository(stack.gateway.image)
+        if repository is not None:  # the VMs pull the image with the gateway's own account
+            gcp.artifactregistry.RepositoryIamMember(
+                naming.name("gateway-pulls"), location=repository[0], project=repository[1],
+                repository=repository[2], role="roles/artifactregistry.reader", member=member["gateway"], opts=me)
         secret_access("notifier-secrets", [webhook_url_secret], member["notifier"])
         secret_access("webhook-secrets", [signing_secret], member["webhook"])
         firestore_grant("webhook-decisions", "roles/datastore.user", member["webhook"])
@@ -251,7 +273,8 @@ class WardgateGcp(pulumi.ComponentResource):
         self.webhook = function("webhook", "approval", entry["approval"][1], {
             env.DECISION_STORE: store_url, env.SIGNING_SECRET: secret_url(signing_secret),
             env.APPROVAL_CHANNEL: stack.approvals.channel,
-            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups)}, public=True)
+            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups), env.ISSUERS: env.issuers(stack)},
+            public=True)
         notifier = function("notifier", "approval", entry["approval"][0], {
             env.APPROVALS_QUEUE: queue_url, env.WEBHOOK_URL_SECRET: secret_url(webhook_url_secret),
             env.APPROVAL_CHANNEL: stack.approvals.channel, env.WEBHOOK_ENDPOINT: self.webhook.url})
@@ -271,36 +294,31 @@ class WardgateGcp(pulumi.ComponentResource):
             rotation = function("rotation", "key_rotation", entry["key_rotation"][0],
                                 {env.ROTATION_RESOURCES: rotation_urls}, timeout=120, vpc=True)
             push("secret-rotation", rotation_topic, rotation, 5)
+            # Secret Manager notifies only at rotation time; this makes retirement prompt after the grace.
+            for n, r in sorted(stack.resources.items()):
+                if r.rotate_days:
+                    gcp.cloudscheduler.Job(
+                        naming.name(f"retire-{n}"), name=naming.name(f"retire-{n}"), project=project, region=region,
+                        schedule=RETIRE_SCHEDULE, time_zone="Etc/UTC",
+                        # A body is required too: functions-framework treats a push without
+                        # message.data as not Pub/Sub and refuses to convert it to a CloudEvent.
+                        pubsub_target={"topic_name": rotation_topic.id, "data": "e30=", "attributes": {
+                            "eventType": RETIRE_EVENT, "secretId": db_secrets[n].id}}, opts=me)
 
-        # The gateway on Cloud Run.
+        # The gateway: VMs behind an internal passthrough TCP load balancer (gateway.py says why).
         wiring = pulumi.Output.all(queue_url, store_url, signer_url, self.webhook.url, secret_url(masking_key),
                                    pulumi.Output.all(**{n: secret_url(s) for n, s in db_secrets.items()})).apply(
             lambda v: GatewayWiring(audit_archive=audit_url, signer=v[2], approvals_queue=v[0], decision_store=v[1],
                                     approvals_public_url=v[3], masking_key=v[4], resource_passwords=dict(v[5]),
-                                    tls_cert_file="/".join(TLS_MOUNTS["cert"]), tls_key_file="/".join(TLS_MOUNTS["key"]),
+                                    tls_cert_file=TLS_FROM_ENV_FILES["cert"], tls_key_file=TLS_FROM_ENV_FILES["key"],
+                                    # Reached by Google's health checkers (firewalled to their ranges).
                                     control_address=f"0.0.0.0:{CONTROL_PORT}"))
         self.gateway_config = wiring.apply(lambda w: render_gateway_config(stack, w))
-        command = boot_command(tls_from_env=False)
-        self.gateway = gcp.cloudrunv2.Service(
-            naming.name("gateway"), name=naming.name("gateway"), project=project, location=region,
-            ingress="INGRESS_TRAFFIC_INTERNAL_ONLY", deletion_protection=prod, labels=labels,
-            template={
-                "service_account": accounts["gateway"].email,
-                "scaling": {"min_instance_count": stack.gateway.replicas},
-                "vpc_access": {"network_interfaces": [{"network": network.network, "subnetwork": network.subnetwork}],
-                               "egress": "ALL_TRAFFIC"},
-                "containers": [{
-                    "image": stack.gateway.image, "commands": command[:1], "args": command[1:],
-                    "ports": {"container_port": CONTROL_PORT},
-                    "envs": [{"name": CONFIG_ENV, "value": self.gateway_config}],
-                    "resources": {"limits": {"cpu": str(stack.gateway.cpu if stack.gateway.cpu >= 1 else 1),
-                                             "memory": f"{stack.gateway.memory_mb}Mi"}},
-                    "volume_mounts": [{"name": f"tls-{part}", "mount_path": TLS_MOUNTS[part][0]} for part in sorted(tls)],
-                }],
-                # Secret Manager versions mounted as files: the service holds references, never values.
-                "volumes": [{"name": f"tls-{part}", "secret": {"secret": tls[part].secret_id, "items": [
-                    {"version": "latest", "path": TLS_MOUNTS[part][1], "mode": 0o400}]}} for part in sorted(tls)],
-            }, opts=me)
+        self.gateway = GatewayGroup(
+            naming.name("gateway-group"), stack=stack, naming=naming, project=project, network=network,
+            service_account=accounts["gateway"], config_yaml=self.gateway_config,
+            tls_secrets={part: item.id for part, item in tls.items()}, disk_key=data_key.id,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[compute_agent]))
 
         # Auditors: read the bucket, verify signatures, read decisions; change nothing.
         for index, auditor in enumerate(stack.auditors):
@@ -311,7 +329,7 @@ class WardgateGcp(pulumi.ComponentResource):
             firestore_grant(f"auditor-{index}-decisions", "roles/datastore.viewer", auditor)
 
         self.outputs = {
-            "gateway_url": self.gateway.uri,
+            "gateway_address": self.gateway.forwarding_rule.ip_address,
             "audit_bucket": self.audit_bucket.name,
             "signing_key": signing_key.id,
             "webhook_url": self.webhook.url,

@@ -135,10 +135,48 @@ def _looks_secret(value: Any) -> bool:
 
 # --- GCP ---------------------------------------------------------------------------------------------
 
-@check("gcp:cloudrunv2/service:Service", "gcp-gateway-internal", "Cloud Run services take internal traffic only (SC-7)")
+# Google's load-balancer health checkers: public ranges, but only Google's probes come from them.
+GCP_HEALTH_CHECK_RANGES = frozenset({"35.191.0.0/16", "130.211.0.0/22"})
+# Written by a VM's logging and monitoring agents; these permissions exist at project level only.
+GCP_VM_AGENT_ROLES = frozenset({"roles/logging.logWriter", "roles/monitoring.metricWriter"})
+
+
+@check("gcp:cloudrunv2/service:Service", "gcp-run-internal", "Cloud Run services take internal traffic only (SC-7)")
 def _gcp_run(props):
     allowed = ("INGRESS_TRAFFIC_INTERNAL_ONLY", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER")
     return [] if props.get("ingress") in allowed else [f"ingress is {props.get('ingress')!r}"]
+
+
+@check("gcp:compute/forwardingRule:ForwardingRule", "gcp-lb-internal", "load balancers are internal (SC-7)")
+def _gcp_forwarding_rule(props):
+    scheme = props.get("loadBalancingScheme")
+    found = [] if scheme == "INTERNAL" else [f"load balancing scheme is {scheme!r}, not INTERNAL"]
+    if props.get("allowGlobalAccess") is True:
+        found.append("reachable from every region (allowGlobalAccess)")
+    return found
+
+
+@check("gcp:compute/instanceTemplate:InstanceTemplate", "gcp-vm-hardened",
+       "VMs: no external address, Shielded VM, OS Login (SC-7, SI-7, AC-17)")
+def _gcp_template(props):
+    found = [f"network interface {i} has an external address" for i, nic in enumerate(props.get("networkInterfaces") or [])
+             if nic.get("accessConfigs") or nic.get("ipv6AccessConfigs")]
+    shielded = props.get("shieldedInstanceConfig") or {}
+    off = [k for k in ("enableSecureBoot", "enableVtpm", "enableIntegrityMonitoring") if shielded.get(k) is not True]
+    if off:
+        found.append(f"Shielded VM {', '.join(off)} not enabled")
+    if str((props.get("metadata") or {}).get("enable-oslogin", "")).upper() != "TRUE":
+        found.append("OS Login is not enabled (enable-oslogin)")
+    return found
+
+
+@check("gcp:compute/firewall:Firewall", "gcp-no-public-ingress",
+       "ingress only from private ranges or Google's health checkers (SC-7)")
+def _gcp_firewall(props):
+    if str(props.get("direction", "INGRESS")).upper() != "INGRESS" or props.get("denies"):
+        return []
+    return [f"ingress from {cidr}" for cidr in props.get("sourceRanges") or []
+            if _public(cidr) and cidr not in GCP_HEALTH_CHECK_RANGES]
 
 
 @check("gcp:storage/bucket:Bucket", "gcp-bucket-private", "buckets are uniform-access and never public (AC-3)")
@@ -168,7 +206,7 @@ def _gcp_project_member(props):
     found = []
     if props.get("role") in ("roles/owner", "roles/editor", "roles/viewer"):
         found.append(f"primitive role {props.get('role')}")
-    if not (props.get("condition") or {}).get("expression"):
+    if not (props.get("condition") or {}).get("expression") and props.get("role") not in GCP_VM_AGENT_ROLES:
         found.append("project-wide grant without an IAM condition")
     return found
 

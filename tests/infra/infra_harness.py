@@ -115,6 +115,15 @@ def _gcp_state(type_token: str, name: str, inputs: dict) -> dict:
         state["selfLink"] = (f"https://www.googleapis.com/compute/v1/projects/{project}/regions/"
                              f"{inputs.get('region')}/subnetworks/{physical}")
         state["id"] = f"projects/{project}/regions/{inputs.get('region')}/subnetworks/{physical}"
+    elif type_token == "gcp:compute/instanceTemplate:InstanceTemplate":
+        state["id"] = f"projects/{project}/global/instanceTemplates/{inputs.get('namePrefix', '')}0001"
+        state["selfLink"] = f"https://www.googleapis.com/compute/v1/{state['id']}"
+        state["selfLinkUnique"] = f"{state['selfLink']}?uniqueId=4242"
+    elif type_token == "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager":
+        state["instanceGroup"] = (f"https://www.googleapis.com/compute/v1/projects/{project}/regions/"
+                                  f"{inputs.get('region')}/instanceGroups/{physical}")
+    elif type_token == "gcp:compute/forwardingRule:ForwardingRule":
+        state["ipAddress"] = "10.50.0.20"
     elif type_token == "gcp:firestore/database:Database":
         state["id"] = f"projects/{project}/databases/{physical}"
     return state
@@ -233,6 +242,7 @@ FAKE_SOURCES = {
     "key_rotation/handler.py": "def rotate_credential():\n    pass\n",
     "key_rotation/aws.py": "def handler(event, context):\n    pass\n",
     "key_rotation/gcp.py": "def rotate(cloud_event):\n    pass\n",
+    "key_rotation/azure.py": "def register(app):\n    pass\n",
     "azure_app.py": "import azure.functions as func\n\napp = func.FunctionApp()\n",
     "__init__.py": "",
 }

@@ -153,6 +153,7 @@ def test_each_principal_gets_exactly_what_it_uses(deployed):
             "secretsmanager:UpdateSecretVersionStage", "secretsmanager:GetRandomPassword", "kms:Decrypt",
             "kms:GenerateDataKey", "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
             "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"},
+        f"wardgate-{env}-rotation-scheduler": {"lambda:InvokeFunction"},
         f"wardgate-{env}-auditor": {
             "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectRetention", "s3:GetObjectLegalHold", "s3:ListBucket",
             "s3:ListBucketVersions", "s3:GetBucketObjectLockConfiguration", "s3:GetBucketVersioning", "kms:Decrypt",
@@ -278,3 +279,54 @@ def test_decision_table_has_the_key_schema_the_gateway_adapter_uses(deployed):
     assert (table.inputs["hashKey"], table.inputs["rangeKey"]) == (keys["HASH"], keys["RANGE"])
     assert {(a["name"], a["type"]) for a in table.inputs["attributes"]} == \
         {(a["AttributeName"], a["AttributeType"]) for a in DECISION_TABLE_KEY_SCHEMA["AttributeDefinitions"]}
+
+
+def test_previous_credentials_are_retired_hourly_by_a_scheduler_that_may_only_invoke_rotation(deployed):
+    env = deployed.config.environment
+    secrets = {s.inputs["name"]: s.state["arn"] for s in deployed.of_type("aws:secretsmanager/secret:Secret")}
+    rotation = deployed.one("aws:lambda/function:Function", f"wardgate-{env}-key-rotation")
+    schedules = {s.inputs["name"]: s for s in deployed.of_type("aws:scheduler/schedule:Schedule")}
+    rotated = sorted(n for n, r in deployed.config.resources.items() if r.rotate_days)
+    assert sorted(schedules) == [f"wardgate-{env}-retire-{n}" for n in rotated]
+    role = deployed.one("aws:iam/role:Role", f"wardgate-{env}-rotation-scheduler")
+    [trusted] = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert trusted["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trusted["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
+    assert _role_policies(deployed)[f"wardgate-{env}-rotation-scheduler"] == [
+        {"Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": [rotation.state["arn"]]}]
+    for name in rotated:
+        schedule = schedules[f"wardgate-{env}-retire-{name}"]
+        assert schedule.inputs["scheduleExpression"] == "rate(1 hour)"
+        target = schedule.inputs["target"]
+        assert target["arn"] == rotation.state["arn"] and target["roleArn"] == role.state["arn"]
+        # The event functions/key_rotation/aws.py acts on: its own step, for exactly this secret.
+        assert json.loads(target["input"]) == {"SecretId": secrets[f"wardgate-{env}-db-{name}"],
+                                               "Step": "retirePrevious"}
+
+
+def test_rotation_settings_carry_schedule_grace_and_tls(deployed):
+    from functions.key_rotation.handler import load_targets
+
+    env = deployed.config.environment
+    rotation = deployed.one("aws:lambda/function:Function", f"wardgate-{env}-key-rotation")
+    targets = load_targets(rotation.inputs["environment"]["variables"])  # the function's own parser
+    secrets = {s.inputs["name"]: s.state["arn"] for s in deployed.of_type("aws:secretsmanager/secret:Secret")}
+    rotated = {n: r for n, r in deployed.config.resources.items() if r.rotate_days}
+    assert set(targets) == {f"aws-sm://{secrets[f'wardgate-{env}-db-{n}']}" for n in rotated}
+    for url, target in targets.items():
+        settings = rotated[target.resource]
+        assert (target.rotate_days, target.grace_seconds, target.sslmode) == (
+            settings.rotate_days, settings.grace_seconds, "require")
+        assert settings.credential_refresh_seconds < target.grace_seconds < target.rotate_days * 86400
+
+
+def test_the_webhook_trusts_the_stacks_issuers_for_its_rest_api(deployed):
+    from functions.approval.handler import ApprovalSettings
+
+    env = deployed.config.environment
+    webhook = deployed.one("aws:lambda/function:Function", f"wardgate-{env}-webhook")
+    settings = ApprovalSettings.from_environment(webhook.inputs["environment"]["variables"])
+    assert list(settings.issuers) == deployed.config.issuers
+    for other in deployed.of_type("aws:lambda/function:Function"):
+        if other is not webhook:
+            assert "WARDGATE_ISSUERS" not in other.inputs["environment"]["variables"], other.name

@@ -173,3 +173,42 @@ def test_function_app_runs_the_code_build_packaged(deployed):
     assert settings["WEBSITE_RUN_FROM_PACKAGE"].endswith("/releases/" + blob.inputs["blobName"])
     assert settings["FUNCTIONS_WORKER_RUNTIME"] == "python"
     assert app.inputs["httpsOnly"] is True and app.inputs["siteConfig"]["ftpsState"] == "Disabled"
+
+
+def _settings(stack) -> dict[str, str]:
+    [app] = stack.of_type("azure-native:web:WebApp")
+    return {s["name"]: s["value"] for s in app.inputs["siteConfig"]["appSettings"]}
+
+
+def test_rotation_timer_runs_hourly_with_grace_and_tls_for_each_rotated_secret(deployed):
+    from functions.key_rotation.handler import load_targets
+
+    settings = _settings(deployed)
+    assert settings["WARDGATE_ROTATION_SCHEDULE"] == "0 30 * * * *"  # NCRONTAB: minute 30 of every hour
+    assert "AzureWebJobs.key_rotation.Disabled" not in settings
+    targets = load_targets(settings)  # the function's own parser
+    rotated = {n: r for n, r in deployed.config.resources.items() if r.rotate_days}
+    vault = f"wg{deployed.config.environment}kv{deployed.config.name_suffix}"
+    assert set(targets) == {f"azure-kv://{vault}/wardgate-{deployed.config.environment}-db-{n}" for n in rotated}
+    for target in targets.values():
+        expected = rotated[target.resource]
+        assert (target.rotate_days, target.grace_seconds, target.sslmode) == (
+            expected.rotate_days, expected.grace_seconds, "require")
+
+
+def test_the_webhook_trusts_the_stacks_issuers_for_its_rest_api(deployed):
+    from functions.approval.handler import ApprovalSettings
+
+    settings = ApprovalSettings.from_environment(_settings(deployed))
+    assert list(settings.issuers) == deployed.config.issuers
+
+
+def test_without_rotated_resources_the_rotation_timer_is_disabled(fake_functions, tmp_path):
+    config = load_stack_file(AZURE_DIR / "Pulumi.dev.yaml")
+    config = config.model_copy(update={"resources": {
+        name: resource.model_copy(update={"rotate_days": 0}) for name, resource in config.resources.items()}})
+    stack = run_program(lambda: deploy(config, functions_dir=fake_functions, build_dir=tmp_path),
+                        "wardgate-azure", "dev")
+    settings = _settings(stack)
+    assert settings["AzureWebJobs.key_rotation.Disabled"] == "true"
+    assert settings["WARDGATE_ROTATION_RESOURCES"] == "{}"

@@ -16,7 +16,7 @@ from infra_harness import REPO_ROOT, RecordingMocks, Stack
 
 
 @pytest.mark.parametrize("cloud, marker", [("aws", "aws:ecs/service:Service"),
-                                           ("gcp", "gcp:cloudrunv2/service:Service"),
+                                           ("gcp", "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"),
                                            ("azure", "azure-native:app:ContainerApp")])
 def test_main_deploys_the_stack_the_engine_selected(cloud, marker, fake_functions, tmp_path, monkeypatch):
     module = importlib.import_module(f"infra.{cloud}.wardgate_{cloud}")

@@ -53,10 +53,19 @@ def test_azure_is_one_function_app(fake_functions, tmp_path):
     files = _files(root)
     assert {"function_app.py", "host.json", "requirements.txt", "functions/azure_app.py",
             "functions/approval/handler.py", "functions/evidence_export/handler.py",
-            "functions/key_rotation/handler.py"} <= files
+            "functions/key_rotation/handler.py", "functions/key_rotation/azure.py"} <= files
     assert not any(f.startswith("functions/") and f.endswith(("/aws.py", "/gcp.py")) for f in files)
     assert "from functions.azure_app import app" in (root / "function_app.py").read_text()
     assert "azure-functions" in (root / "requirements.txt").read_text()
+
+
+def test_the_azure_rotation_timer_module_is_required(fake_functions, tmp_path):
+    partial = tmp_path / "src" / "functions"
+    shutil.copytree(fake_functions, partial)
+    (partial / "key_rotation" / "azure.py").unlink()
+    with pytest.raises(BuildError, match=r"key_rotation/azure\.py is missing: the AZURE entry point of key_rotation"):
+        build("azure", tmp_path / "out", functions_dir=partial)
+    build("aws", tmp_path / "out", functions_dir=partial)  # other clouds do not package it
 
 
 def test_an_unchanged_build_gives_an_unchanged_archive(fake_functions, tmp_path):

@@ -148,3 +148,30 @@ def test_boot_command_writes_the_config_and_tls_privately_and_drops_the_key_from
     key = tmp_path / "wg" / "tls" / "server-key.pem"
     assert key.read_text() == "-----BEGIN PRIVATE KEY-----"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"grace_seconds": 300}, "grace_seconds (300) must be longer than credential_refresh_seconds (300)"),
+    ({"grace_seconds": 900, "credential_refresh_seconds": 1200}, "must be longer than credential_refresh_seconds (1200)"),
+    ({"rotate_days": 1, "grace_seconds": 86400}, "must be shorter than the rotation interval (rotate_days 1 = 86400 s)"),
+])
+def test_rotation_grace_must_outlast_the_gateways_refresh_and_end_before_the_next_rotation(settings, message):
+    values = _dev_values()
+    values["resources"] = {"orders": {**values["resources"]["orders"], **settings}}
+    error = _error(values)
+    assert "wardgate:resources.orders:" in error and message in error
+
+
+def test_rotation_grace_is_not_checked_when_rotation_is_off_and_refresh_reaches_the_gateway():
+    from infra.common.gateway_config import GatewayWiring, gateway_config_document
+
+    values = _dev_values()
+    values["resources"] = {"orders": {**values["resources"]["orders"], "rotate_days": 0, "grace_seconds": 60},
+                           "billing": {**values["resources"]["orders"], "credential_refresh_seconds": 120}}
+    config = parse_stack_config(values, "Pulumi.test.yaml")
+    wiring = GatewayWiring(audit_archive="file:///a", signer="file:///k.pem", approvals_queue="memory://q",
+                           decision_store="sqlite:///d", approvals_public_url="https://x",
+                           masking_key="env://MASK", resource_passwords={"orders": "env://A", "billing": "env://B"},
+                           tls_cert_file="/c.pem", tls_key_file="/k.pem")
+    resources = gateway_config_document(config, wiring)["resources"]
+    assert (resources["orders"]["credential_refresh"], resources["billing"]["credential_refresh"]) == (300, 120)
