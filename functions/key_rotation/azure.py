@@ -9,8 +9,8 @@
 * rotate when the current value is ``rotate_days`` old (or was never rotated by wardgate): a new
   password on the other role, a login with it, then a new secret version.
 
-The old credential thus stops working at the first run after the grace: with the infra's daily
-schedule, within a day; an hourly schedule (``0 30 * * * *``) makes it an hour. One secret's failure
+The old credential thus stops working at the first run after the grace: the infra runs it hourly
+(``0 30 * * * *``), so within an hour of the grace. One secret's failure
 does not stop the others; the run fails at the end, naming every failed secret.
 """
 
