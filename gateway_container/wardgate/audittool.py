@@ -72,12 +72,17 @@ class Report:
         return not self.errors
 
     def summary(self) -> str:
-        head = f"verified {self.segments} segments, {self.events} events, {self.sessions} sessions"
-        return f"{head}: OK" if self.ok else f"{head}: FAILED: {len(self.errors)} problems"
+        head = (f"verified {_count(self.segments, 'segment')}, {_count(self.events, 'event')}, "
+                f"{_count(self.sessions, 'chain')} (sessions and gateway chains)")
+        return f"{head}: OK" if self.ok else f"{head}: FAILED: {_count(len(self.errors), 'problem')}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "segments": self.segments, "events": self.events, "sessions": self.sessions,
                 "keys": self.keys, "findings": [f.as_dict() for f in self.findings], "summary": self.summary()}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # --- session chains -------------------------------------------------------------------------------

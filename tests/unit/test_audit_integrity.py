@@ -97,7 +97,7 @@ def test_untouched_trail_verifies(trail: Path, capsys) -> None:
     assert main(["audit", "verify", str(trail)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith(f"verified {len(_segments(trail))} segments, ")
-    assert out[-1].endswith("4 sessions: OK")
+    assert out[-1].endswith("4 chains (sessions and gateway chains): OK")
     assert not [line for line in out if line.startswith(("error", "warning"))]
 
 
