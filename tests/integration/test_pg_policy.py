@@ -53,7 +53,10 @@ def policy_file() -> Path:
 
 @pytest.fixture
 def gw(make_gateway, postgres, policy_file) -> GatewayThread:
-    return make_gateway(policy={"file": str(policy_file), "watch_interval": 0.2}, resources=resources(postgres))
+    # Approvals disabled: a `review` decision is then refused at once, naming who must approve. Holding
+    # it for an approver (the default) is tested in test_pg_approvals.py.
+    return make_gateway(policy={"file": str(policy_file), "watch_interval": 0.2}, resources=resources(postgres),
+                        approvals={"enabled": False})
 
 
 def agent(gw: GatewayThread) -> str:

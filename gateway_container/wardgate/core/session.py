@@ -10,6 +10,8 @@ import asyncio
 import time
 from typing import Any, Protocol
 
+import orjson
+
 from wardgate.core.approval import (APPROVAL_CONTROLS, DECISION_CONTROLS, POLL_SECONDS, ApprovalBroker, Held,
                                     approver_names, command_hash)
 from wardgate.core.audit import AuditUnavailable, Recorder, SessionLog, new_session_id
@@ -17,7 +19,7 @@ from wardgate.core.identity import AuthenticationError, TokenVerifier
 from wardgate.core.model import Command, Decision, Principal, Verdict
 from wardgate.core.policy import Policy
 from wardgate.core.masking import MaskStrategy, mask_findings, scan
-from wardgate.core.sqlclass import ENCODING_CHANGE, SqlParseError, classify
+from wardgate.core.sqlclass import SqlParseError, classify
 
 
 class Observer(Protocol):
@@ -40,7 +42,6 @@ class NullObserver:
 
 _UNPARSEABLE_CONTROLS = ("AC-3", "SI-10")
 _AUDIT_DOWN_CONTROLS = ("AU-5", "AC-3")
-_RESULT_CONTROLS = ("AU-3", "AU-12")
 _ALLOW = Verdict.ALLOW
 _REVIEW = Verdict.REVIEW
 # Secrets and PII inside a held statement are redacted in the approval request (the approver sees
@@ -206,7 +207,7 @@ class Session:
                                     f"statement refused: it cannot be parsed ({exc})", _UNPARSEABLE_CONTROLS)
         if decision is not None:
             pass
-        elif classification is not None and any(ENCODING_CHANGE in st.reasons for st in classification.statements):
+        elif classification is not None and classification.encoding_change:
             decision = Decision(Verdict.DENY, "builtin:client-encoding",
                                 "statement refused: changing client_encoding is not supported through wardgate "
                                 "(statements are decided on their UTF-8 text)", ("AC-3", "SI-10"),
@@ -222,13 +223,20 @@ class Session:
                 decision = self._covered_by_approval(decision)
         if decision.verdict is not _ALLOW:
             self.denied += 1
-        event_id = self.log.emit("command.decided", {
-            "kind": command.kind, "statement": command.text, "statement_name": command.statement_name,
-            "fingerprint": classification.fingerprint if classification is not None else None,
-            "classes": decision.classes, "tables": decision.tables, "roles": decision.roles,
-            "decision": decision.verdict, "rule": decision.rule, "message": decision.message or None,
-            "mask": decision.mask_profile, "policy": policy.bundle_hash, "controls": decision.controls,
-        })
+        log = self.log
+        if log.recorder.spool is not None:
+            # What the command itself says is serialized per event; what the decision says is the
+            # same for every statement of its shape (the policy caches decisions) and is serialized
+            # once per decision object and policy.
+            entry = _DECIDED_MEMBERS.get(id(decision))
+            if entry is None or entry[0] is not decision or entry[1] is not policy:
+                entry = _decided_members(decision, policy)
+            event_id = log.emit_json("command.decided", b"%b,%b" % (_dumps({
+                "kind": command.kind, "statement": command.text, "statement_name": command.statement_name,
+                "fingerprint": classification.fingerprint if classification is not None else None,
+            })[1:-1], entry[2]))
+        else:
+            event_id = ""
         self.core.observer.decided(self.protocol, decision.verdict)
         return decision, event_id
 
@@ -350,10 +358,13 @@ class Session:
     def result(self, command_event: str, status: str, rows: int | None = None, tag: str | None = None,
                error: dict[str, str] | None = None, seconds: float | None = None) -> None:
         """Record what a decided command did (``ok``, ``error``, ``suspended``, ``refused``)."""
-        self.log.emit("command.result", {
-            "command": command_event, "status": status, "rows": rows, "tag": tag, "error": error,
-            "duration_us": int(seconds * 1_000_000) if seconds is not None else None,
-            "controls": _RESULT_CONTROLS})
+        log = self.log
+        if log.recorder.spool is not None:
+            # One per statement: everything but the tag and the error is a token or a number.
+            log.emit_json("command.result", _RESULT % (
+                _dumps(command_event), _dumps(status), b"null" if rows is None else b"%d" % rows,
+                _dumps(tag), b"null" if error is None else _dumps(error),
+                b"null" if seconds is None else b"%d" % int(seconds * 1_000_000)))
         if seconds is not None:
             self.core.observer.command_finished(self.protocol, seconds)
 
@@ -377,6 +388,28 @@ class Session:
         except AuditUnavailable:
             pass  # the events stay queued in the recorder and are written when the sink returns
         self.core.observer.session_closed(self.protocol, self.resource)
+
+
+_dumps = orjson.dumps
+# command.result members, in the order they always had (controls: AU-3, AU-12).
+_RESULT = b'"command":%b,"status":%b,"rows":%b,"tag":%b,"error":%b,"duration_us":%b,"controls":["AU-3","AU-12"]'
+# id(decision) → (decision, policy, the decision's members of a command.decided event). Decisions are
+# cached by the policy, so a statement shape reuses one object; the entry holds a reference to it,
+# so the id cannot be reused while it is here, and the identity checks confirm a hit.
+_DECIDED_MEMBERS: dict[int, tuple] = {}
+
+
+def _decided_members(decision: Decision, policy: Policy) -> tuple:
+    members = _dumps({
+        "classes": decision.classes, "tables": decision.tables, "roles": decision.roles,
+        "decision": decision.verdict, "rule": decision.rule, "message": decision.message or None,
+        "mask": decision.mask_profile, "policy": policy.bundle_hash, "controls": decision.controls,
+    })[1:-1]
+    entry = (decision, policy, members)
+    if len(_DECIDED_MEMBERS) >= 4096:
+        _DECIDED_MEMBERS.clear()
+    _DECIDED_MEMBERS[id(decision)] = entry
+    return entry
 
 
 def _duration_text(seconds: float) -> str:

@@ -11,16 +11,23 @@ Building pglast's Python AST costs 100-300 µs, too much per statement in a prox
 
 1. looks the exact text up in an LRU (``functools.lru_cache``, 65 536 entries; texts longer than
    ``EXACT_CACHE_MAX_CHARS`` skip it so the cache's memory stays bounded);
-2. else runs ``pglast.parser.normalize`` (C, a few µs; it raises on bad SQL, which is how parse errors
+2. else, for plain texts (ASCII, no quotes, ``$``, backslash or comments), splits the text around its
+   unsigned integer literals of at most 9 digits (standalone tokens: no letter, digit, ``_`` or ``.``
+   next to them) and looks the tuple of the other pieces up (the *template* cache). An entry is stored
+   only when ``normalize`` replaced exactly those literals, in order, and nothing else; every text with
+   the same pieces differs from it only in int4 literals that PostgreSQL's lexer reads as the same kind
+   of token, so it has the same normalized text and the same classification (step 3). pgbench-style
+   statements that differ only in a key thus skip ``normalize`` (~4-8 µs);
+3. else runs ``pglast.parser.normalize`` (C, a few µs; it raises on bad SQL, which is how parse errors
    surface) and looks the **normalized text itself** up in a bounded dict — a full-fidelity key, never a
    hash, so a crafted statement cannot borrow another's classification;
-3. only on a miss walks the AST (iteratively — an explicit stack, so ``a || b || … || z`` with
+4. only on a miss walks the AST (iteratively — an explicit stack, so ``a || b || … || z`` with
    thousands of terms classifies; a pathologically deep AND/OR nesting in a filter that still exhausts
    the recursion limit makes the statement ``unknown``).
 
 A text containing a NUL character is refused (``SqlParseError``): the C parser would stop there.
 
-Step 2 is sound only if a classification never depends on a constant's value, because ``normalize``
+Step 3 is sound only if a classification never depends on a constant's value, because ``normalize``
 replaces constants by ``$n``. It is sound by construction: on a miss the walk classifies the
 **normalized text** (``SELECT $1``, ``SET ROLE $1``, ``DELETE FROM t WHERE $1 = $2``…), so what is
 stored under a normalized key is a function of that key alone. Where a value would matter, a ``$n``
@@ -153,6 +160,7 @@ for SELECT … FOR UPDATE, and "SELECT INTO".
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -256,6 +264,8 @@ class Classification:
     _tables: frozenset[str] = field(init=False, repr=False, compare=False)
     _written: frozenset[str] = field(init=False, repr=False, compare=False)
     _functions: frozenset[str] = field(init=False, repr=False, compare=False)
+    # Some statement changes client_encoding (the core refuses it); computed once, read per statement.
+    encoding_change: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sts = self.statements
@@ -268,6 +278,7 @@ class Classification:
                       frozenset().union(*(s.functions for s in sts)))
         for name, value in zip(("_classes", "_tables", "_written", "_functions"), unions):
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "encoding_change", any(ENCODING_CHANGE in s.reasons for s in sts))
 
     @property
     def classes(self) -> frozenset[str]:
@@ -307,6 +318,37 @@ class _Failure:
 
 _norm_cache: dict[str, Classification] = {}
 _norm_lock = threading.Lock()
+# Template cache (step 2): the pieces of a plain text around its int4 literals → classification.
+_template_cache: dict[tuple[str, ...], Classification] = {}
+_TEMPLATE_MAX_CHARS = 2048
+# Characters a template text may hold: no quote of any kind, no $ (parameters, dollar quoting), no
+# backslash, nothing outside ASCII; comments are refused separately.
+_TEMPLATE_TEXT = re.compile(r"[A-Za-z0-9_ \t\r\n(),;=<>+*/.%!|&~^@#\[\]{}?:-]*")
+# An unsigned integer of 1-9 digits standing alone: always an int4 constant token for the lexer.
+_INT4_LITERAL = re.compile(r"(?<![A-Za-z0-9_.])[0-9]{1,9}(?![A-Za-z0-9_.])")
+
+
+def _template_pieces(sql: str) -> tuple[str, ...] | None:
+    """The text around its int4 literals, or None when the text is not plain enough to say."""
+    if (len(sql) > _TEMPLATE_MAX_CHARS or "--" in sql or "/*" in sql
+            or _TEMPLATE_TEXT.fullmatch(sql) is None):
+        return None
+    pieces = tuple(_INT4_LITERAL.split(sql))
+    return pieces if len(pieces) > 1 else None
+
+
+def _remember_template(pieces: tuple[str, ...], normalized: str, result: Classification) -> None:
+    """Store ``result`` under ``pieces`` only if normalize replaced exactly those literals."""
+    expected = pieces[0] + "".join(f"${number}{piece}" for number, piece in enumerate(pieces[1:], 1))
+    if expected != normalized:
+        return  # normalize saw the constants differently (a sign folded in, a literal it keeps…)
+    with _norm_lock:
+        if len(_template_cache) >= NORMALIZED_CACHE_SIZE:
+            try:
+                del _template_cache[next(iter(_template_cache))]   # oldest first
+            except (StopIteration, KeyError):  # pragma: no cover
+                pass
+        _template_cache[pieces] = result
 
 
 def classify(sql: str) -> Classification:
@@ -326,12 +368,19 @@ def _classify_text(sql: str) -> Classification | _Failure:
     if "\x00" in sql:
         # PostgreSQL's parser (and pglast's) stops at a NUL: the rest would go unseen. Fail closed.
         return _Failure("statement text contains a NUL character")
+    pieces = _template_pieces(sql)
+    if pieces is not None:
+        cached = _template_cache.get(pieces)
+        if cached is not None:
+            return cached
     try:
         normalized = _parser.normalize(sql)
     except _parser.ParseError as exc:
         return _Failure(str(exc))
     cached = _norm_cache.get(normalized)
     if cached is not None:
+        if pieces is not None:
+            _remember_template(pieces, normalized, cached)
         return cached
     try:
         statements, needs_values = _classify_all(pglast.parse_sql(normalized))
@@ -356,6 +405,8 @@ def _classify_text(sql: str) -> Classification | _Failure:
                 except (StopIteration, KeyError):  # pragma: no cover
                     pass
             _norm_cache[normalized] = result
+        if pieces is not None:
+            _remember_template(pieces, normalized, result)
     return result
 
 
@@ -371,6 +422,7 @@ def clear_caches() -> None:
     _classify_exact.cache_clear()
     with _norm_lock:
         _norm_cache.clear()
+        _template_cache.clear()
 
 
 def _classify_uncached(sql: str) -> tuple[StatementClass, ...]:

@@ -533,9 +533,12 @@ class ClientConnection(asyncio.Protocol):
                 (decision, event), self._preapproved = self._preapproved, None
             else:
                 decision, event = self.session.decide(Command(PROTOCOL, "query", text))
-                if self.session.needs_approval(decision):
+                if decision.verdict is not _ALLOW and self.session.needs_approval(decision):
                     raise _HoldCommand(decision, event, text, ())
             if decision.verdict is _ALLOW:
+                if decision.mask_profile is None and decision.max_rows is None:  # the common case
+                    pending.append((_Q, event, now, None, None, None))
+                    return None
                 profile = self._profile(decision)
                 if profile is not None:
                     self._tables[event] = decision.tables
@@ -570,14 +573,14 @@ class ClientConnection(asyncio.Protocol):
         if kind == _P:
             name, text = wire.parse_parse(data[start:end])
             decision, event = self.session.decide(Command(PROTOCOL, "parse", text, statement_name=name))
-            if self.session.needs_approval(decision):
+            if decision.verdict is not _ALLOW and self.session.needs_approval(decision):
                 # Parsing runs nothing: the statement is held at Execute, when its parameters are known.
                 self._review_statements[name] = (decision, event, text)
                 decision = _PARSE_ONLY
-            else:
+            elif self._review_statements:
                 self._review_statements.pop(name, None)
             refusal = None if decision.verdict is _ALLOW else decision
-            profile = self._profile(decision) if refusal is None else None
+            profile = self._profile(decision) if refusal is None and decision.mask_profile is not None else None
             if profile is not None:
                 self._tables[event] = decision.tables
             if refusal is None and decision.max_rows is not None:
@@ -784,6 +787,19 @@ class ClientConnection(asyncio.Protocol):
                             replacement = self._mask_datarow(pending[0], data, pos + 5, end)
                     else:
                         replacement = None
+                elif kind == 90 and pending and pending[0][0] == _Q and pending[0][4] is None:
+                    # ReadyForQuery ending an unmasked simple query: _backend_message's work, inlined.
+                    head = pending.popleft()
+                    if self._tables:
+                        self._tables.pop(head[1], None)
+                    if self._limits:
+                        self._limits.pop(head[1], None)
+                    replacement = None
+                elif kind == 84 and pending and pending[0][0] == _Q and pending[0][4] is None:
+                    replacement = None  # RowDescription of an unmasked simple query: nothing to do
+                elif (kind == 49 or kind == 50) and pending and pending[0][0] in _EXTENDED:
+                    pending.popleft()  # ParseComplete, BindComplete
+                    replacement = None
                 else:
                     replacement = self._backend_message(kind, data, pos + 5, end)
                 if replacement is not None:
@@ -928,7 +944,8 @@ class ClientConnection(asyncio.Protocol):
         if kind == 67:  # CommandComplete
             if head is not None and (head[0] == _Q or head[0] == _E):
                 tag = data[start:end - 1].decode("ascii", "replace")
-                rows = wire.command_tag_rows(tag)
+                rows = tag.rpartition(" ")[2]  # wire.command_tag_rows, inlined
+                rows = int(rows) if rows.isdigit() else None
                 if head[0] == _E and self._rows and (rows is None or rows < self._rows):
                     rows = self._rows  # defensive: never report fewer rows than were sent
                 self._rows = 0
