@@ -13,6 +13,8 @@ import pulumi_aws as aws
 from infra.aws.iam import allow, document, trust
 
 RUNTIME = "python3.11"
+# Lambda refuses a function whose environment (names + values) exceeds 4 KB.
+ENVIRONMENT_LIMIT = 4096
 _ENI_ACTIONS = ["ec2:AssignPrivateIpAddresses", "ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface",
                 "ec2:DescribeNetworkInterfaces", "ec2:UnassignPrivateIpAddresses"]
 
@@ -40,9 +42,25 @@ class LambdaFunction(pulumi.ComponentResource):
         self.function = aws.lambda_.Function(
             name, name=name, role=role.arn, runtime=RUNTIME, handler=handler,
             code=pulumi.FileArchive(str(code_dir)), timeout=timeout, memory_size=memory_mb,
-            environment={"variables": environment},
+            environment={"variables": pulumi.Output.all(**environment).apply(
+                lambda values: checked_environment(name, values))},
             logging_config={"log_format": "JSON", "log_group": log_group.name},
             vpc_config={"subnet_ids": vpc[0], "security_group_ids": vpc[1]} if vpc else None,
             dead_letter_config={"target_arn": dead_letter_arn} if dead_letter_arn is not None else None,
             tags=tags, opts=pulumi.ResourceOptions(parent=self, depends_on=[policy, log_group]))
         self.register_outputs({"arn": self.function.arn})
+
+
+class EnvironmentTooLarge(ValueError):
+    """A function's settings exceed what Lambda accepts; raised at deploy time, before AWS refuses."""
+
+
+def checked_environment(function: str, variables: dict[str, str]) -> dict[str, str]:
+    """``variables``, or a clear error naming the largest settings when Lambda would refuse them."""
+    size = sum(len(k.encode()) + len(str(v).encode()) for k, v in variables.items())
+    if size > ENVIRONMENT_LIMIT:
+        largest = sorted(variables, key=lambda k: len(str(variables[k]).encode()), reverse=True)[:3]
+        raise EnvironmentTooLarge(
+            f"{function}: its settings are {size} bytes, over Lambda's {ENVIRONMENT_LIMIT}-byte environment limit "
+            f"(largest: {', '.join(largest)}); shorten wardgate:approvals.identities/grants or wardgate:issuers")
+    return variables

@@ -70,7 +70,8 @@ class WardgateAws(pulumi.ComponentResource):
                       for name in sorted(stack.resources)}
         masking_key = new_secret("masking-key", "HMAC key of the hash masking strategy")
         webhook_url = new_secret("approver-webhook-url", f"{stack.approvals.channel} URL approval requests go to")
-        signing_secret = new_secret("approver-signing-secret", "verifies the chat platform's signed callbacks")
+        signing_secret = new_secret("approver-signing-secret",
+                                    "verifies the chat platform's callbacks; signs teams/generic messages and links")
         tls = {"cert": new_secret("gateway-tls-cert", "gateway TLS certificate chain (PEM)"),
                "key": new_secret("gateway-tls-key", "gateway TLS private key (PEM)")}
 
@@ -101,7 +102,8 @@ class WardgateAws(pulumi.ComponentResource):
             allow(["kms:Decrypt"], [data_key], via_service(region, "secretsmanager")),
         ], {env.DECISION_STORE: decisions_url, env.SIGNING_SECRET: secret_url(signing_secret.arn),
             env.APPROVAL_CHANNEL: stack.approvals.channel,
-            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups), env.ISSUERS: env.issuers(stack)})
+            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups), env.ISSUERS: env.issuers(stack),
+            **env.webhook_approvers(stack)})
         self.webhook_url = aws.lambda_.FunctionUrl(naming.name("webhook-url"), function_name=webhook.function.name,
                                                    authorization_type="NONE", opts=me)
         aws.lambda_.Permission(naming.name("webhook-url-invoke"), action="lambda:InvokeFunctionUrl",
@@ -132,12 +134,18 @@ class WardgateAws(pulumi.ComponentResource):
 
         read_via_secrets_manager = allow(["kms:Decrypt"], [data_key], via_service(region, "secretsmanager"))
 
+        # The notifier reads the signing secret only when it signs (teams/generic bodies, links).
+        notifier_secrets = [webhook_url.arn, *([signing_secret.arn] if env.notifier_signs(stack) else [])]
+        notifier_signing = {env.SIGNING_SECRET: secret_url(signing_secret.arn)} if env.notifier_signs(stack) else {}
         notifier = function("notifier", [
             allow(["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
                    "sqs:ReceiveMessage"], [approvals.queue.arn]),
-            allow(["secretsmanager:GetSecretValue"], [webhook_url.arn]),
+            # DynamoDecisionStore.get (already delivered? already decided?) and .create (delivered).
+            allow(["dynamodb:GetItem", "dynamodb:PutItem"], [table.arn]),
+            allow(["secretsmanager:GetSecretValue"], notifier_secrets),
             read_via_secrets_manager,
-        ], {env.APPROVALS_QUEUE: queue_url, env.WEBHOOK_URL_SECRET: secret_url(webhook_url.arn),
+        ], {env.APPROVALS_QUEUE: queue_url, env.DECISION_STORE: decisions_url,
+            env.WEBHOOK_URL_SECRET: secret_url(webhook_url.arn), **notifier_signing, **env.notifier_links(stack),
             env.APPROVAL_CHANNEL: stack.approvals.channel, env.WEBHOOK_ENDPOINT: self.webhook_url.function_url},
             timeout=_NOTIFIER_TIMEOUT)
         aws.lambda_.EventSourceMapping(naming.name("notifier-trigger"), event_source_arn=approvals.queue.arn,

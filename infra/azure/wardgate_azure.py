@@ -253,6 +253,8 @@ class WardgateAzure(pulumi.ComponentResource):
             env.WEBHOOK_URL_SECRET: secret_url(webhook_url_secret), env.SIGNING_SECRET: secret_url(signing_secret),
             env.AUDIT_STORE: f"azblob://{data_name}/audit", env.EVIDENCE_STORE: f"azblob://{data_name}/evidence",
             env.SIGNER: signer_url, env.ROTATION_RESOURCES: rotation_urls, env.ISSUERS: env.issuers(stack),
+            # One app runs the notifier and the webhook: it gets both functions' approver settings.
+            **env.webhook_approvers(stack), **env.notifier_links(stack),
         }
         if not rotated:
             # Nothing to rotate: the timer (function key_rotation) would fail every hour on an empty list.

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from infra.common.paths import make_importable
 
 make_importable()
-from wardgate.config import IssuerConfig, ResourceConfig  # noqa: E402  (one schema for the gateway and its deployments)
+from wardgate.config import (  # noqa: E402  (one schema for the gateway and its deployments)
+    ApproverIdentity, GrantRoleConfig, IssuerConfig, ResourceConfig)
 
 # The gateway's own default, so a stack that says nothing deploys what the gateway would do anyway.
 _GATEWAY_CREDENTIAL_REFRESH = ResourceConfig.model_fields["credential_refresh"].default
@@ -158,14 +159,69 @@ class AuditSettings(_Strict):
         return value
 
 
+# Which identity-map keys each channel's webhook can authenticate: Slack button clicks arrive as
+# ``slack:<user id>``; Teams links and generic HMAC-signed decisions as ``teams:…`` / ``generic:…``.
+_IDENTITY_PREFIXES = {"slack": ("slack",), "teams": ("teams", "generic"), "generic": ("generic", "teams")}
+# No commas: link approvers reach the notifier as one comma-separated variable.
+_IDENTITY_KEY = re.compile(r"^(slack|teams|generic):[^\s:,][^\s,]*$")
+
+
 class ApprovalSettings(_Strict):
-    """Human approval: where requests are announced and who may decide."""
+    """Human approval: where requests are announced and who may decide.
+
+    ``identities``, ``link_approvers`` and ``grants`` reach both the approval functions and the
+    gateway's rendered ``approvals:`` block, so the two always agree on who an approver is."""
 
     channel: Literal["slack", "teams", "generic"]
     approver_groups: list[str] = Field(min_length=1)
     decision_timeout_seconds: int = Field(900, ge=60, le=86400)
     # Deliveries of an approval message before it moves to the dead-letter queue.
     max_receives: int = Field(5, ge=1, le=20)
+    # Chat user → approver identity ("slack:U012AB3CD" → issuer, subject, groups): who clicked.
+    identities: dict[str, ApproverIdentity] = Field(default_factory=dict)
+    # Identity keys the notifier mints one-time approve/deny links for (Teams cards carry only links).
+    link_approvers: list[str] = Field(default_factory=list)
+    # Roles requestable just in time (`wardgate access request`) → who approves, quorum, max duration.
+    grants: dict[str, GrantRoleConfig] = Field(default_factory=dict)
+
+    @field_validator("identities")
+    @classmethod
+    def _identity_keys(cls, value: dict[str, ApproverIdentity]) -> dict[str, ApproverIdentity]:
+        bad = [key for key in value if not _IDENTITY_KEY.fullmatch(key)]
+        if bad:
+            raise ValueError(f"identity key(s) {bad}: use slack:<user id>, teams:<Entra object id> or generic:<name> "
+                             "(no spaces or commas)")
+        return value
+
+    @model_validator(mode="after")
+    def _approvers_can_act(self) -> "ApprovalSettings":
+        # Each check below catches a setting that would deploy cleanly and then silently let nobody
+        # approve: the webhook function accepts as approver roles only groups in approver_groups.
+        problems = []
+        accepted = set(self.approver_groups)
+        usable = _IDENTITY_PREFIXES[self.channel]
+        dead = sorted(key for key in self.identities if key.split(":", 1)[0] not in usable)
+        if dead:
+            problems.append(f"identities {dead} cannot sign in through the {self.channel} channel "
+                            f"(it authenticates {' and '.join(p + ':' for p in usable)} keys)")
+        powerless = sorted(key for key, identity in self.identities.items() if not accepted & set(identity.groups))
+        if powerless:
+            problems.append(f"identities {powerless} are in none of approver_groups {sorted(accepted)}: "
+                            "they could approve nothing")
+        unknown = [key for key in self.link_approvers if key not in self.identities]
+        if unknown:
+            problems.append(f"link_approvers {unknown} are not keys of approvals.identities (a link names "
+                            "the identity that acts)")
+        if self.channel == "teams" and not self.link_approvers:
+            problems.append("channel teams needs link_approvers: Teams cards approve through one-time links only")
+        for role, grant in sorted(self.grants.items()):
+            outside = sorted(set(grant.approvers) - accepted)
+            if outside:
+                problems.append(f"grants.{role}.approvers {outside} are not in approver_groups {sorted(accepted)}: "
+                                "the webhook would never count their votes")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class StackConfig(_Strict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from infra.common.config import StackConfig
-from infra.common.gateway_config import issuer_documents
+from infra.common.gateway_config import grant_documents, identity_documents, issuer_documents
 
 APPROVALS_QUEUE = "WARDGATE_APPROVALS_QUEUE"
 DECISION_STORE = "WARDGATE_DECISION_STORE"
@@ -22,6 +22,9 @@ EVIDENCE_STORE = "WARDGATE_EVIDENCE_STORE"
 SIGNER = "WARDGATE_SIGNER"
 ROTATION_RESOURCES = "WARDGATE_ROTATION_RESOURCES"      # JSON: {secret URL: {resource, host, port, …}}
 ISSUERS = "WARDGATE_ISSUERS"                            # JSON: the OIDC issuers the approval REST API trusts
+APPROVER_IDENTITIES = "WARDGATE_APPROVER_IDENTITIES"    # JSON: {"slack:U…": {issuer, subject, groups}}
+LINK_APPROVERS = "WARDGATE_LINK_APPROVERS"              # comma-separated identity keys that get one-time links
+GRANTS = "WARDGATE_GRANTS"                              # JSON: {role: {approvers, quorum, max_duration}}
 # The database's certificate is checked by the gateway (its CA bundle lives in the gateway image); the
 # rotation function still refuses to send credentials without TLS.
 ROTATION_SSLMODE = "require"
@@ -41,3 +44,26 @@ def issuers(stack: StackConfig) -> str:
     """The stack's trusted issuers exactly as the gateway is configured with them, so the approval
     webhook's REST API accepts the same tokens the gateway does."""
     return json.dumps(issuer_documents(stack), sort_keys=True)
+
+
+def notifier_signs(stack: StackConfig) -> bool:
+    """Whether the notifier needs the signing secret: teams/generic bodies are signed with it, and
+    one-time links with a key derived from it (HKDF). Slack bodies are not signed by us."""
+    return stack.approvals.channel != "slack" or bool(stack.approvals.link_approvers)
+
+
+def webhook_approvers(stack: StackConfig) -> dict[str, str]:
+    """The webhook's optional approver settings, present only when the stack configures them (an
+    absent variable and an empty map mean the same to the function)."""
+    settings = {}
+    if stack.approvals.identities:
+        settings[APPROVER_IDENTITIES] = json.dumps(identity_documents(stack), sort_keys=True)
+    if stack.approvals.grants:
+        settings[GRANTS] = json.dumps(grant_documents(stack), sort_keys=True)
+    return settings
+
+
+def notifier_links(stack: StackConfig) -> dict[str, str]:
+    """Who the notifier mints one-time links for (Teams needs them), when anyone."""
+    links = stack.approvals.link_approvers
+    return {LINK_APPROVERS: ",".join(links)} if links else {}

@@ -48,6 +48,17 @@ def issuer_documents(stack: StackConfig) -> list[dict]:
     return [issuer.model_dump(mode="json", exclude_defaults=True) for issuer in stack.issuers]
 
 
+def identity_documents(stack: StackConfig) -> dict[str, dict]:
+    """Chat users → approver identities, as configuration (the gateway's, and the webhook function's)."""
+    return {key: identity.model_dump(mode="json", exclude_none=True)
+            for key, identity in sorted(stack.approvals.identities.items())}
+
+
+def grant_documents(stack: StackConfig) -> dict[str, dict]:
+    """Just-in-time roles, as configuration (the gateway's, and the webhook function's)."""
+    return {role: grant.model_dump(mode="json") for role, grant in sorted(stack.approvals.grants.items())}
+
+
 def gateway_config_document(stack: StackConfig, wiring: GatewayWiring) -> dict:
     """The gateway configuration (``wardgate.config.GatewayConfig`` plus the cloud wiring keys)."""
     resources = {}
@@ -87,6 +98,10 @@ def gateway_config_document(stack: StackConfig, wiring: GatewayWiring) -> dict:
             "public_url": wiring.approvals_public_url,
             # The notifier function consumes the queue; the gateway only announces.
             "run_notifier": False,
+            # The same approvers and requestable roles the webhook function is given, so a decision
+            # or an access request means the same through the gateway's control port.
+            "identities": identity_documents(stack),
+            "grants": grant_documents(stack),
         },
     }
 

@@ -40,8 +40,18 @@ RETIRE_EVENT = "WARDGATE_RETIRE"
 RETIRE_SCHEDULE = "15 * * * *"
 # Written by the VMs' logging and monitoring agents; no narrower resource than the project exists.
 VM_AGENT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+# What FirestoreDecisionStore's get (BatchGetDocuments) and create (Commit with exists=false) need.
+NOTIFIER_STORE_PERMISSIONS = ("datastore.entities.create", "datastore.entities.get")
 _MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s]+$")
 _DAY = 86400
+
+
+def custom_role_id(naming: Naming, purpose: str) -> str:
+    """A project custom role id: letters, digits, ``_`` and ``.`` only (no hyphens), at most 64."""
+    role_id = f"wardgate_{naming.environment}_{purpose}"
+    if not re.fullmatch(r"[a-zA-Z0-9_.]{3,64}", role_id):
+        raise StackConfigError(f"custom role id {role_id!r} is not valid: 3-64 letters, digits, '_' or '.'")
+    return role_id
 
 
 class WardgateGcp(pulumi.ComponentResource):
@@ -146,7 +156,7 @@ class WardgateGcp(pulumi.ComponentResource):
                                           point_in_time_recovery_enablement="POINT_IN_TIME_RECOVERY_ENABLED",
                                           opts=me)
 
-        def firestore_grant(label: str, role: str, who) -> None:
+        def firestore_grant(label: str, role: pulumi.Input[str], who) -> None:
             gcp.projects.IAMMember(naming.name(label), project=project, role=role, member=who, condition={
                 "title": label,
                 "expression": pulumi.Output.concat('resource.name == "', database.id, '" || resource.name.startsWith("',
@@ -200,7 +210,16 @@ class WardgateGcp(pulumi.ComponentResource):
             gcp.artifactregistry.RepositoryIamMember(
                 naming.name("gateway-pulls"), location=repository[0], project=repository[1],
                 repository=repository[2], role="roles/artifactregistry.reader", member=member["gateway"], opts=me)
-        secret_access("notifier-secrets", [webhook_url_secret], member["notifier"])
+        # The notifier signs with the signing secret (teams/generic bodies, one-time links) only.
+        secret_access("notifier-secrets", [webhook_url_secret, *([signing_secret] if env.notifier_signs(stack) else [])],
+                      member["notifier"])
+        # It reads and creates decision records, never updates, deletes or queries them: no predefined
+        # role is that narrow (datastore.user also updates and deletes), so a custom role.
+        notifier_store = gcp.projects.IAMCustomRole(
+            naming.name("notifier-decisions-role"), project=project, role_id=custom_role_id(naming, "notifier_decisions"),
+            title=f"wardgate {stack.environment} notifier: read and create decision records",
+            permissions=list(NOTIFIER_STORE_PERMISSIONS), stage="GA", opts=me)
+        firestore_grant("notifier-decisions", notifier_store.name, member["notifier"])
         secret_access("webhook-secrets", [signing_secret], member["webhook"])
         firestore_grant("webhook-decisions", "roles/datastore.user", member["webhook"])
         bucket_grant("evidence-read", "roles/storage.objectViewer", member["evidence"], [AUDIT_PREFIX, EVIDENCE_PREFIX])
@@ -273,10 +292,13 @@ class WardgateGcp(pulumi.ComponentResource):
         self.webhook = function("webhook", "approval", entry["approval"][1], {
             env.DECISION_STORE: store_url, env.SIGNING_SECRET: secret_url(signing_secret),
             env.APPROVAL_CHANNEL: stack.approvals.channel,
-            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups), env.ISSUERS: env.issuers(stack)},
+            env.APPROVER_GROUPS: ",".join(stack.approvals.approver_groups), env.ISSUERS: env.issuers(stack),
+            **env.webhook_approvers(stack)},
             public=True)
+        notifier_signing = {env.SIGNING_SECRET: secret_url(signing_secret)} if env.notifier_signs(stack) else {}
         notifier = function("notifier", "approval", entry["approval"][0], {
-            env.APPROVALS_QUEUE: queue_url, env.WEBHOOK_URL_SECRET: secret_url(webhook_url_secret),
+            env.APPROVALS_QUEUE: queue_url, env.DECISION_STORE: store_url,
+            env.WEBHOOK_URL_SECRET: secret_url(webhook_url_secret), **notifier_signing, **env.notifier_links(stack),
             env.APPROVAL_CHANNEL: stack.approvals.channel, env.WEBHOOK_ENDPOINT: self.webhook.url})
         push("approvals", approvals_topic, notifier, stack.approvals.max_receives)
         evidence = function("evidence", "evidence_export", entry["evidence_export"][0], {

@@ -124,6 +124,8 @@ def _gcp_state(type_token: str, name: str, inputs: dict) -> dict:
                                   f"{inputs.get('region')}/instanceGroups/{physical}")
     elif type_token == "gcp:compute/forwardingRule:ForwardingRule":
         state["ipAddress"] = "10.50.0.20"
+    elif type_token == "gcp:projects/iAMCustomRole:IAMCustomRole":
+        state["name"] = state["id"] = f"projects/{project}/roles/{inputs.get('roleId')}"
     elif type_token == "gcp:firestore/database:Database":
         state["id"] = f"projects/{project}/databases/{physical}"
     return state

@@ -13,15 +13,27 @@ from infra_harness import REPO_ROOT, as_list, policy_statements, run_program
 from functions.build import AWS_HANDLERS, build
 from infra.aws.iam import STAR_ONLY_ACTIONS
 from infra.aws.wardgate_aws import deploy
-from infra.common.config import load_stack_file
+from infra.common.config import ApprovalSettings, load_stack_file
 from wardgate.config import GatewayConfig
 
 AWS_DIR = REPO_ROOT / "infra" / "aws"
 
 
-@pytest.fixture(scope="module", params=["dev", "prod"])
+def teams_variant(config):
+    """The dev stack with Teams approvals: the notifier then signs cards and mints links."""
+    approvals = ApprovalSettings.model_validate({
+        **config.approvals.model_dump(mode="json", exclude={"identities", "link_approvers"}), "channel": "teams",
+        "identities": {"teams:0c1d2e3f-4a5b-4c6d-8e7f-90a1b2c3d4e5": {
+            "issuer": "https://acme.okta.com", "subject": "alice@acme.example", "groups": ["platform-oncall"]}},
+        "link_approvers": ["teams:0c1d2e3f-4a5b-4c6d-8e7f-90a1b2c3d4e5"]})
+    return config.model_copy(update={"approvals": approvals})
+
+
+@pytest.fixture(scope="module", params=["dev", "prod", "dev-teams"])
 def deployed(request, fake_functions, tmp_path_factory):
-    config = load_stack_file(AWS_DIR / f"Pulumi.{request.param}.yaml")
+    config = load_stack_file(AWS_DIR / f"Pulumi.{request.param.split('-')[0]}.yaml")
+    if request.param.endswith("-teams"):
+        config = teams_variant(config)
     build_dir = tmp_path_factory.mktemp(f"aws-build-{request.param}")
     stack = run_program(lambda: deploy(config, functions_dir=fake_functions, build_dir=build_dir),
                         "wardgate-aws", request.param)
@@ -142,6 +154,8 @@ def test_each_principal_gets_exactly_what_it_uses(deployed):
             "ecr:GetAuthorizationToken"},
         f"wardgate-{env}-notifier": logs | {
             "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility",
+            # DynamoDecisionStore.get and .create: delivered/decided checks, the delivered record.
+            "dynamodb:GetItem", "dynamodb:PutItem",
             "secretsmanager:GetSecretValue", "kms:Decrypt"},
         f"wardgate-{env}-webhook": logs | {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query",
                                            "secretsmanager:GetSecretValue", "kms:Decrypt"},
@@ -168,8 +182,15 @@ def test_each_principal_gets_exactly_what_it_uses(deployed):
     db = {secrets[f"wardgate-{env}-db-{name}"] for name in deployed.config.resources}
     assert resources_of(f"wardgate-{env}-gateway-task", "secretsmanager:GetSecretValue") == \
         db | {secrets[f"wardgate-{env}-masking-key"]}
+    # The notifier reads the signing secret only when it signs (teams/generic bodies, one-time links).
+    signs = deployed.config.approvals.channel != "slack" or bool(deployed.config.approvals.link_approvers)
     assert resources_of(f"wardgate-{env}-notifier", "secretsmanager:GetSecretValue") == \
-        {secrets[f"wardgate-{env}-approver-webhook-url"]}
+        {secrets[f"wardgate-{env}-approver-webhook-url"]} | \
+        ({secrets[f"wardgate-{env}-approver-signing-secret"]} if signs else set())
+    [table] = deployed.of_type("aws:dynamodb/table:Table")
+    for role in ("notifier", "webhook", "gateway-task"):
+        for action in ("dynamodb:GetItem", "dynamodb:PutItem"):
+            assert resources_of(f"wardgate-{env}-{role}", action) == {table.state["arn"]}, (role, action)
     assert resources_of(f"wardgate-{env}-webhook", "secretsmanager:GetSecretValue") == \
         {secrets[f"wardgate-{env}-approver-signing-secret"]}
     rotated = {secrets[f"wardgate-{env}-db-{n}"] for n, r in deployed.config.resources.items() if r.rotate_days}
@@ -330,3 +351,56 @@ def test_the_webhook_trusts_the_stacks_issuers_for_its_rest_api(deployed):
     for other in deployed.of_type("aws:lambda/function:Function"):
         if other is not webhook:
             assert "WARDGATE_ISSUERS" not in other.inputs["environment"]["variables"], other.name
+
+
+def _environment(stack, purpose: str) -> dict[str, str]:
+    function = stack.one("aws:lambda/function:Function", f"wardgate-{stack.config.environment}-{purpose}")
+    return function.inputs["environment"]["variables"]
+
+
+def test_the_approval_functions_settings_let_an_approver_decide_through_the_stacks_channel(
+        deployed, tmp_path, monkeypatch):
+    from approval_wiring import check_approval_wiring
+
+    env = deployed.config.environment
+    policies = _role_policies(deployed)
+    readable = lambda role: {f"aws-sm://{r}" for s in policies[role]  # noqa: E731
+                             if "secretsmanager:GetSecretValue" in as_list(s["Action"]) for r in as_list(s["Resource"])}
+    gateway = GatewayConfig.model_validate(yaml.safe_load(_gateway_container(deployed)["environment"][0]["value"]))
+    notifier = _environment(deployed, "notifier")
+    check_approval_wiring(deployed.config, notifier, _environment(deployed, "webhook"), gateway.approvals,
+                          notifier_secrets=readable(f"wardgate-{env}-notifier"),
+                          webhook_secrets=readable(f"wardgate-{env}-webhook"),
+                          store_path=tmp_path / "decisions.db", monkeypatch=monkeypatch)
+    [url] = deployed.of_type("aws:lambda/functionUrl:FunctionUrl")
+    assert notifier["WARDGATE_WEBHOOK_ENDPOINT"] == url.state["functionUrl"]  # links point at the webhook
+
+
+def test_optional_approver_settings_are_absent_when_the_stack_has_none(fake_functions, tmp_path):
+    config = load_stack_file(AWS_DIR / "Pulumi.dev.yaml")
+    config = config.model_copy(update={"approvals": config.approvals.model_copy(update={"identities": {},
+                                                                                        "grants": {}})})
+    stack = run_program(lambda: deploy(config, functions_dir=fake_functions, build_dir=tmp_path),
+                        "wardgate-aws", "dev")
+    stack.config = config
+    webhook, notifier = _environment(stack, "webhook"), _environment(stack, "notifier")
+    for name in ("WARDGATE_APPROVER_IDENTITIES", "WARDGATE_GRANTS", "WARDGATE_LINK_APPROVERS", ):
+        assert name not in webhook and name not in notifier
+    assert "WARDGATE_SIGNING_SECRET" not in notifier  # slack, no links: the notifier signs nothing
+
+
+def test_settings_over_lambdas_environment_limit_are_refused_naming_them(fake_functions, tmp_path):
+    from infra.aws.lambdas import EnvironmentTooLarge
+
+    config = load_stack_file(AWS_DIR / "Pulumi.dev.yaml")
+    many = {f"slack:U{n:08d}": {"issuer": "https://acme.okta.com", "subject": f"approver-{n}@acme.example",
+                                "groups": ["platform-oncall"]} for n in range(60)}
+    approvals = ApprovalSettings.model_validate({**config.approvals.model_dump(mode="json"), "identities": many})
+    config = config.model_copy(update={"approvals": approvals})
+    with pytest.raises(Exception) as caught:
+        run_program(lambda: deploy(config, functions_dir=fake_functions, build_dir=tmp_path), "wardgate-aws", "dev")
+    error = caught.value
+    while not isinstance(error, EnvironmentTooLarge) and (error.__cause__ or error.__context__):
+        error = error.__cause__ or error.__context__
+    assert isinstance(error, EnvironmentTooLarge), caught.value
+    assert "wardgate-dev-webhook" in str(error) and "WARDGATE_APPROVER_IDENTITIES" in str(error)

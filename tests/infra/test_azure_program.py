@@ -212,3 +212,21 @@ def test_without_rotated_resources_the_rotation_timer_is_disabled(fake_functions
     settings = _settings(stack)
     assert settings["AzureWebJobs.key_rotation.Disabled"] == "true"
     assert settings["WARDGATE_ROTATION_RESOURCES"] == "{}"
+
+
+def test_the_approval_functions_settings_let_an_approver_decide_through_the_stacks_channel(
+        deployed, tmp_path, monkeypatch):
+    from approval_wiring import check_approval_wiring
+
+    env = deployed.config.environment
+    [app] = deployed.of_type("azure-native:web:WebApp")
+    # The platform names the host; the handler derives the links' endpoint from it.
+    settings = {**_settings(deployed), "WEBSITE_HOSTNAME": app.state["defaultHostName"]}
+    # One identity runs every function: what it may read is what both approval functions may read.
+    readable = {f"azure-kv://{tail.split('/')[2]}/{tail.split('/')[-1]}"
+                for role, tail in _assignments(deployed)[f"principal-wardgate-{env}-functions"]
+                if role == "secrets-user"}
+    container = _gateway(deployed).inputs["template"]["containers"][0]
+    gateway = GatewayConfig.model_validate(yaml.safe_load(container["env"][0]["value"]))
+    check_approval_wiring(deployed.config, settings, settings, gateway.approvals, notifier_secrets=readable,
+                          webhook_secrets=readable, store_path=tmp_path / "decisions.db", monkeypatch=monkeypatch)

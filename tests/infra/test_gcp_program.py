@@ -206,7 +206,17 @@ def test_no_broad_roles_and_each_principal_gets_only_what_it_uses(deployed):
         ("roles/pubsub.publisher", f"projects/acme-wardgate/topics/{_name(deployed, 'approvals')}"),
         ("roles/logging.logWriter", "acme-wardgate"), ("roles/monitoring.metricWriter", "acme-wardgate"),
         ("roles/artifactregistry.reader", "wardgate")}
-    assert bindings[sa("notifier")] == {(accessor, secrets[_name(deployed, "approver-webhook-url")])}
+    # The notifier reads the signing secret only when it signs (teams/generic bodies, one-time links),
+    # and reads and creates decision records through a custom role holding exactly those permissions.
+    signs = deployed.config.approvals.channel != "slack" or bool(deployed.config.approvals.link_approvers)
+    notifier_role = f"projects/acme-wardgate/roles/wardgate_{deployed.config.environment}_notifier_decisions"
+    assert bindings[sa("notifier")] == {(accessor, secrets[_name(deployed, "approver-webhook-url")]),
+                                        (notifier_role, "acme-wardgate")} | (
+        {(accessor, secrets[_name(deployed, "approver-signing-secret")])} if signs else set())
+    [custom] = deployed.of_type("gcp:projects/iAMCustomRole:IAMCustomRole")
+    assert custom.state["name"] == notifier_role
+    # FirestoreDecisionStore.get → BatchGetDocuments; .create → Commit with exists=false.
+    assert sorted(custom.inputs["permissions"]) == ["datastore.entities.create", "datastore.entities.get"]
     assert bindings[sa("webhook")] == {(accessor, secrets[_name(deployed, "approver-signing-secret")]),
                                        ("roles/datastore.user", "acme-wardgate")}
     assert bindings[sa("evidence")] == {("roles/storage.objectViewer", bucket), ("roles/storage.objectCreator", bucket),
@@ -324,3 +334,27 @@ def test_the_webhook_trusts_the_stacks_issuers_for_its_rest_api(deployed):
     settings = ApprovalSettings.from_environment(webhook.inputs["serviceConfig"]["environmentVariables"])
     assert list(settings.issuers) == deployed.config.issuers
     assert all("WARDGATE_ISSUERS" not in f.inputs["serviceConfig"]["environmentVariables"] for f in functions.values())
+
+
+def _environment(stack, purpose: str) -> dict[str, str]:
+    function = stack.one("gcp:cloudfunctionsv2/function:Function", _name(stack, purpose))
+    return function.inputs["serviceConfig"]["environmentVariables"]
+
+
+def test_the_approval_functions_settings_let_an_approver_decide_through_the_stacks_channel(
+        deployed, tmp_path, monkeypatch):
+    from approval_wiring import check_approval_wiring
+
+    secrets = {s.inputs["secretId"]: s.state["id"] for s in deployed.of_type("gcp:secretmanager/secret:Secret")}
+    bindings = _bindings(deployed)
+    readable = lambda purpose: {  # noqa: E731
+        f"gcp-sm://{what}" for role, what in bindings[f"serviceAccount:{_name(deployed, purpose)}@acme-wardgate.iam"
+                                                      ".gserviceaccount.com"]
+        if role == "roles/secretmanager.secretAccessor" and what in secrets.values()}
+    gateway = GatewayConfig.model_validate(_gateway_document(deployed))
+    notifier = _environment(deployed, "notifier")
+    check_approval_wiring(deployed.config, notifier, _environment(deployed, "webhook"), gateway.approvals,
+                          notifier_secrets=readable("notifier"), webhook_secrets=readable("webhook"),
+                          store_path=tmp_path / "decisions.db", monkeypatch=monkeypatch)
+    webhook = deployed.one("gcp:cloudfunctionsv2/function:Function", _name(deployed, "webhook"))
+    assert notifier["WARDGATE_WEBHOOK_ENDPOINT"] == webhook.state["url"]  # links point at the webhook

@@ -175,3 +175,59 @@ def test_rotation_grace_is_not_checked_when_rotation_is_off_and_refresh_reaches_
                            tls_cert_file="/c.pem", tls_key_file="/k.pem")
     resources = gateway_config_document(config, wiring)["resources"]
     assert (resources["orders"]["credential_refresh"], resources["billing"]["credential_refresh"]) == (300, 120)
+
+
+def _approvals(**changes) -> dict:
+    values = _dev_values()
+    values["approvals"] = {**values["approvals"], **changes}
+    return values
+
+
+ALICE = {"issuer": "https://acme.okta.com", "subject": "alice@acme.example", "groups": ["platform-oncall"]}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"identities": {"slack:U1,U2": ALICE}},
+     "identity key(s) ['slack:U1,U2']: use slack:<user id>"),
+    ({"identities": {"U012AB3CD": ALICE}},
+     "identity key(s) ['U012AB3CD']: use slack:<user id>, teams:<Entra object id> or generic:<name>"),
+    ({"identities": {"slack:U1": {**ALICE, "groups": ["platfrom-oncall"]}}},
+     "identities ['slack:U1'] are in none of approver_groups ['platform-oncall']: they could approve nothing"),
+    ({"identities": {"teams:0c1d": ALICE}}, "identities ['teams:0c1d'] cannot sign in through the slack channel"),
+    ({"identities": {"slack:U1": ALICE}, "link_approvers": ["slack:U2"]},
+     "link_approvers ['slack:U2'] are not keys of approvals.identities"),
+    ({"channel": "teams", "identities": {"teams:0c1d": ALICE}},
+     "channel teams needs link_approvers: Teams cards approve through one-time links only"),
+    ({"grants": {"dba": {"approvers": ["dba-approvers"]}}},
+     "grants.dba.approvers ['dba-approvers'] are not in approver_groups ['platform-oncall']"),
+])
+def test_approver_settings_that_would_let_nobody_approve_are_refused(changes, message):
+    error = _error(_approvals(**changes))
+    assert "wardgate:approvals" in error and message in error
+
+
+@pytest.mark.parametrize("grant, key", [
+    ({"approvers": []}, "wardgate:approvals.grants.dba.approvers:"),
+    ({"approvers": ["platform-oncall"], "quorum": 0}, "wardgate:approvals.grants.dba.quorum:"),
+    ({"approvers": ["platform-oncall"], "max_duration": "forever"}, "wardgate:approvals.grants.dba.max_duration:"),
+    ({"approvers": ["platform-oncall"], "ttl": "1h"}, "wardgate:approvals.grants.dba.ttl: unknown key"),
+])
+def test_malformed_grants_are_refused_naming_the_key(grant, key):
+    assert key in _error(_approvals(grants={"dba": grant}))
+
+
+def test_identities_grants_and_links_reach_the_gateway_configuration_as_the_stack_says():
+    from infra.common.gateway_config import GatewayWiring, gateway_config_document
+    from wardgate.config import GatewayConfig
+
+    values = _approvals(channel="teams", identities={"teams:0c1d": {**ALICE, "display": "Alice"}},
+                        link_approvers=["teams:0c1d"],
+                        grants={"dba": {"approvers": ["platform-oncall"], "quorum": 2, "max_duration": "90m"}})
+    config = parse_stack_config(values, "Pulumi.test.yaml")
+    wiring = GatewayWiring(audit_archive="file:///a", signer="file:///k.pem", approvals_queue="memory://q",
+                           decision_store="sqlite:///d", approvals_public_url="https://x", masking_key="env://MASK",
+                           resource_passwords={"orders": "env://A"}, tls_cert_file="/c.pem", tls_key_file="/k.pem")
+    gateway = GatewayConfig.model_validate(gateway_config_document(config, wiring)).approvals
+    assert gateway.identities["teams:0c1d"].display == "Alice" and gateway.identities["teams:0c1d"].groups == \
+        ["platform-oncall"]
+    assert (gateway.grants["dba"].quorum, gateway.grants["dba"].max_duration) == (2, 5400.0)
