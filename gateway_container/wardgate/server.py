@@ -232,6 +232,8 @@ class Gateway:
             return web.Response(status=503, text="starting\n")
         if self.recorder.last_error is not None:
             return web.Response(status=503, text=f"audit sink unavailable: {self.recorder.last_error}\n")
+        if self.core is not None and self.core.refusing is not None:
+            return web.Response(status=503, text=f"refusing commands: {self.core.refusing}\n")
         return web.Response(text="ready\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -319,11 +321,20 @@ class Gateway:
         return web.json_response(self.dev_issuer.jwks())
 
     async def _seal_periodically(self, spool) -> None:
-        # Rotation happens in the loop thread, which is the spool's only writer.
+        # Rotation happens in the loop thread, which is the spool's only writer. The archive's
+        # verdict is relayed to the core here too: past its grace, commands are refused.
         interval = self.config.audit.seal_interval
+        tick = min(interval / 4, 1.0)
         while True:
-            await asyncio.sleep(min(interval / 4, 5.0))
+            await asyncio.sleep(tick)
             spool.rotate_if_older(interval)
+            error = self.archive.error
+            if self.core is not None and error != self.core.refusing:
+                if error is not None:
+                    log.error("refusing commands: %s", error)
+                else:
+                    log.warning("audit archive %s writable again: commands are accepted", self.config.audit.archive)
+                self.core.refusing = error
 
     async def stop(self) -> None:
         self._ready = False

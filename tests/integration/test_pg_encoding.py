@@ -21,3 +21,17 @@ def test_changing_client_encoding_is_refused_whatever_the_policy(gateway, statem
 def test_startup_with_another_encoding_is_refused(gateway):
     with pytest.raises(psycopg.OperationalError, match="client_encoding 'SJIS' is not supported"):
         psycopg.connect(gateway.dsn(gateway.token(), "orders-prod") + " client_encoding=SJIS")
+
+
+@pytest.mark.parametrize("statement", [
+    "SET client_encoding = 'UTF8'",
+    "SET NAMES 'utf-8'",
+    "SET client_encoding TO DEFAULT",
+    "SELECT set_config('client_encoding', 'unicode', false)",
+])
+def test_setting_client_encoding_to_utf8_changes_nothing_and_runs(gateway, statement):
+    # Drivers and ORMs send these at connect time; the session stays UTF-8, which is what the
+    # gateway decides on, so they are no reason to refuse.
+    with psycopg.connect(gateway.dsn(gateway.token(), "orders-prod"), autocommit=True) as conn:
+        conn.execute(statement)
+        assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)

@@ -19,7 +19,7 @@ from wardgate.core.identity import AuthenticationError, TokenVerifier
 from wardgate.core.model import Command, Decision, Principal, Verdict
 from wardgate.core.policy import Policy
 from wardgate.core.masking import MaskStrategy, mask_findings, scan
-from wardgate.core.sqlclass import SqlParseError, classify
+from wardgate.core.sqlclass import Classification, StatementClass, SqlParseError, classify
 
 
 class Observer(Protocol):
@@ -67,6 +67,9 @@ class DecisionCore:
         # Without an approval service, ``review`` decisions are refused with the approvers' names.
         self.approvals = approvals
         self.approve_hint = approve_hint
+        # Set by the assembly while something the record depends on is down (the audit archive):
+        # every command is refused with this message until it is cleared.
+        self.refusing: str | None = None
         self.grant_refresh = grant_refresh
         # Facts about the gateway itself (policy loads…) form their own chain.
         self.system_log = SessionLog(recorder, f"gateway-{gateway_id}", {"gateway": gateway_id})
@@ -118,6 +121,10 @@ class Session:
         self._grants_refreshing = False
         self._withdraw: dict[str, str] = {}  # request id → why the client withdrew it
         self.held: Held | None = None
+        # SQL-level prepared statements of this session: name → the PREPARE's classification
+        self._sql_prepared: dict[str, StatementClass] = {}
+        self._prepared_version = 0
+        self._exec_cache: dict[int, tuple] = {}
         self._end_after_hold: str | None = None
         self.log.emit("session.started", {"peer": peer, "tls": tls, "client": client,
                                            "controls": ["AU-2", "AU-3", "AU-12"]})
@@ -205,6 +212,8 @@ class Session:
             except SqlParseError as exc:
                 decision = Decision(Verdict.DENY, "builtin:unparseable",
                                     f"statement refused: it cannot be parsed ({exc})", _UNPARSEABLE_CONTROLS)
+        if classification is not None and classification.touches_prepared and self._sql_prepared:
+            classification = self._with_prepared(classification)
         if decision is not None:
             pass
         elif classification is not None and classification.encoding_change:
@@ -216,6 +225,9 @@ class Session:
             decision = Decision(Verdict.DENY, "builtin:audit-unavailable",
                                 f"statement refused: {self.core.recorder.last_error}; "
                                 "nothing runs unrecorded", _AUDIT_DOWN_CONTROLS)
+        elif self.core.refusing is not None:
+            decision = Decision(Verdict.DENY, "builtin:audit-unavailable",
+                                f"statement refused: {self.core.refusing}", _AUDIT_DOWN_CONTROLS)
         else:
             decision = policy.decide(self.principal, self.resource, command, classification,
                                      session_started=self.started_at, now=time.time(), roles=self.roles())
@@ -223,6 +235,8 @@ class Session:
                 decision = self._covered_by_approval(decision)
         if decision.verdict is not _ALLOW:
             self.denied += 1
+        elif classification is not None and classification.touches_prepared:
+            self._track_prepared(classification)
         log = self.log
         if log.recorder.spool is not None:
             # What the command itself says is serialized per event; what the decision says is the
@@ -239,6 +253,52 @@ class Session:
             event_id = ""
         self.core.observer.decided(self.protocol, decision.verdict)
         return decision, event_id
+
+    # --- SQL-level PREPARE / EXECUTE ----------------------------------------------------------------
+    def _track_prepared(self, classification: Classification) -> None:
+        """Remember what each allowed PREPARE prepared (its inner statement's classes and tables), so
+        a later EXECUTE of that name is decided as what it runs; forget on DEALLOCATE / DISCARD ALL."""
+        for st in classification.statements:
+            name = st.prepared_name
+            if name is None or st.verb == "EXECUTE":
+                continue
+            if st.verb == "PREPARE":
+                self._sql_prepared[name] = st
+            elif name == "" or st.verb == "DEALLOCATE ALL":
+                self._sql_prepared.clear()
+            else:
+                self._sql_prepared.pop(name, None)
+            self._prepared_version += 1
+
+    def _with_prepared(self, classification: Classification) -> Classification:
+        """``classification`` with each EXECUTE of a name this session prepared replaced by what that
+        PREPARE was classified as (plus whatever the EXECUTE's own arguments do). An EXECUTE of a name
+        not prepared through this session stays ``unknown``."""
+        cached = self._exec_cache.get(id(classification))
+        if cached is not None and cached[0] is classification and cached[1] == self._prepared_version:
+            return cached[2]
+        statements = []
+        changed = False
+        for st in classification.statements:
+            prepared = self._sql_prepared.get(st.prepared_name) if st.verb == "EXECUTE" else None
+            if prepared is None:
+                statements.append(st)
+                continue
+            own_reason = f"EXECUTE {st.prepared_name}:"
+            reasons = tuple(r for r in st.reasons if not r.startswith(own_reason))
+            classes = st.classes if reasons else st.classes - {"unknown"}  # other unknowns stay
+            statements.append(StatementClass(
+                "EXECUTE", classes | prepared.classes, st.tables | prepared.tables,
+                st.written_tables | prepared.written_tables, st.functions | prepared.functions,
+                st.unfiltered or prepared.unfiltered,
+                reasons + prepared.reasons + (f"runs prepared statement {st.prepared_name}",), st.prepared_name))
+            changed = True
+        result = (Classification(tuple(statements), classification.normalized, classification.fingerprint)
+                  if changed else classification)
+        if len(self._exec_cache) > 256:
+            self._exec_cache.clear()
+        self._exec_cache[id(classification)] = (classification, self._prepared_version, result)
+        return result
 
     def _covered_by_approval(self, decision: Decision) -> Decision:
         """A ``review`` decision already approved for this session (scope session/duration)."""

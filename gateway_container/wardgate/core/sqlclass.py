@@ -97,8 +97,9 @@ must allow all of them.
   EXPLAIN) — of a function in ``ADMIN_FUNCTIONS`` or starting with one of ``ADMIN_FUNCTION_PREFIXES``
   (matched on the unqualified name, case-insensitively, so ``pg_catalog.pg_read_file`` and
   ``"pg_read_file"`` both count). ``pg_sleep`` is not admin.
-* ``unknown``: EXECUTE of an SQL-level prepared statement (the gateway does not see which statement
-  it names here; PREPARE itself gets the classes of its inner statement), any statement node type
+* ``unknown``: EXECUTE of an SQL-level prepared statement (the text does not say which statement it
+  runs; PREPARE itself gets the classes of its inner statement, and the session substitutes that for
+  an EXECUTE of a name it prepared — ``Session._with_prepared``), any statement node type
   this module does not know (the reason names the node type), and a statement nested too deeply to
   walk.
 
@@ -253,6 +254,9 @@ class StatementClass:
     functions: frozenset[str] = frozenset()
     unfiltered: bool = False
     reasons: tuple[str, ...] = ()
+    # The SQL-level prepared statement a PREPARE creates, an EXECUTE runs or a DEALLOCATE drops
+    # (None: not one of those, or DEALLOCATE ALL); the session tracks them (core/session.py).
+    prepared_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +270,8 @@ class Classification:
     _functions: frozenset[str] = field(init=False, repr=False, compare=False)
     # Some statement changes client_encoding (the core refuses it); computed once, read per statement.
     encoding_change: bool = field(init=False, repr=False, compare=False)
+    # Some statement prepares, executes or drops an SQL-level prepared statement (or DISCARD ALL).
+    touches_prepared: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sts = self.statements
@@ -279,6 +285,7 @@ class Classification:
         for name, value in zip(("_classes", "_tables", "_written", "_functions"), unions):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "encoding_change", any(ENCODING_CHANGE in s.reasons for s in sts))
+        object.__setattr__(self, "touches_prepared", any(s.prepared_name is not None for s in sts))
 
     @property
     def classes(self) -> frozenset[str]:
@@ -439,7 +446,8 @@ def _classify_uncached(sql: str) -> tuple[StatementClass, ...]:
 
 
 class _Collector:
-    __slots__ = ("classes", "tables", "written", "functions", "unfiltered", "reasons", "stack", "needs_values")
+    __slots__ = ("classes", "tables", "written", "functions", "unfiltered", "reasons", "stack", "needs_values",
+                 "prepared_name")
 
     def __init__(self) -> None:
         self.classes: set[str] = set()
@@ -451,6 +459,7 @@ class _Collector:
         self.stack: list[tuple[object, bool, frozenset[str]]] = []
         # Set when a parameter stood where a constant's value would have made the result less strict.
         self.needs_values = False
+        self.prepared_name: str | None = None
 
     def add(self, cls: str, reason: str | None = None) -> None:
         self.classes.add(cls)
@@ -480,7 +489,7 @@ def _classify_node(node: A.Node) -> tuple[StatementClass, bool]:
     if not c.classes:
         c.add("unknown", f"{verb} has no recognised effect")
     return StatementClass(verb, frozenset(c.classes), frozenset(c.tables), frozenset(c.written),
-                          frozenset(c.functions), c.unfiltered, tuple(c.reasons)), c.needs_values
+                          frozenset(c.functions), c.unfiltered, tuple(c.reasons), c.prepared_name), c.needs_values
 
 
 _CHILD_ATTRS: dict[type, tuple[str, ...]] = {}
@@ -622,7 +631,11 @@ def _set_config(fc: A.FuncCall, name: str, c: _Collector) -> None:
         if setting in ADMIN_SETTINGS:
             c.add("admin", f"calls {name}('{setting}', …), which changes the session's identity or privileges")
         elif setting == "client_encoding":
-            c.add("admin", ENCODING_CHANGE)
+            value = fc.args[1] if len(fc.args) > 1 else None
+            if isinstance(value, A.ParamRef):
+                c.needs_values = True  # normalized away: decide on the exact text's literal
+            if not _is_utf8_literal(value):
+                c.add("admin", ENCODING_CHANGE)
         return
     if isinstance(arg, A.ParamRef):
         c.needs_values = True
@@ -810,12 +823,16 @@ def _s_explain(n: A.ExplainStmt, c: _Collector, ex: bool, ctes: frozenset[str]) 
 
 
 def _s_prepare(n: A.PrepareStmt, c: _Collector, ex: bool, ctes: frozenset[str]) -> str:
+    if ex:
+        c.prepared_name = n.name
     _walk(n.query, c, ex, ctes)
     return "PREPARE"
 
 
 def _s_execute(n: A.ExecuteStmt, c: _Collector, ex: bool, ctes: frozenset[str]) -> str:
     if ex:
+        # Unknown here; the session substitutes what its own PREPARE of that name was classified as.
+        c.prepared_name = n.name
         c.add("unknown", f"EXECUTE {n.name}: the prepared statement it runs is not visible here")
     _walk(n.params, c, ex, ctes)
     return "EXECUTE"
@@ -921,15 +938,37 @@ def _s_set(n: A.VariableSetStmt, c: _Collector, ex: bool, ctes: frozenset[str]) 
             if name in ADMIN_SETTINGS:
                 c.add("admin", f"{verb} {name} changes the session's identity or privileges")
             elif name == "client_encoding" and verb == "SET":
-                c.add("admin", ENCODING_CHANGE)
+                if any(isinstance(a, A.ParamRef) for a in n.args or ()):
+                    c.needs_values = True  # normalized away: decide on the exact text's literal
+                if not _keeps_utf8(n):
+                    c.add("admin", ENCODING_CHANGE)
     _walk(n.args, c, False, ctes)
     return verb
+
+
+def _is_utf8_literal(node) -> bool:
+    """A string literal naming UTF-8 as PostgreSQL spells it (UTF8, utf-8, Unicode…)."""
+    while isinstance(node, A.TypeCast):
+        node = node.arg
+    if not (isinstance(node, A.A_Const) and isinstance(node.val, A.String)):
+        return False
+    return "".join(ch for ch in node.val.sval.lower() if ch.isalnum()) in ("utf8", "unicode")
+
+
+def _keeps_utf8(n: A.VariableSetStmt) -> bool:
+    """``SET client_encoding`` (or ``SET NAMES``) to UTF-8 or to its default — the session's start-up
+    value, which the gateway only accepts as UTF-8 — changes nothing the gateway relies on."""
+    if n.kind == VariableSetKind.VAR_SET_DEFAULT:
+        return True
+    return n.kind == VariableSetKind.VAR_SET_VALUE and len(n.args or ()) == 1 and _is_utf8_literal(n.args[0])
 
 
 def _s_discard(n: A.DiscardStmt, c: _Collector, ex: bool, ctes: frozenset[str]) -> str:
     if ex:
         c.add("session")
     target = n.target.name.removeprefix("DISCARD_") if n.target is not None else "ALL"
+    if ex and target == "ALL":
+        c.prepared_name = ""  # DISCARD ALL deallocates every prepared statement too
     return f"DISCARD {target}"
 
 
@@ -1164,6 +1203,7 @@ def _s_close(n: A.ClosePortalStmt, c: _Collector, ex: bool, ctes: frozenset[str]
 def _s_deallocate(n: A.DeallocateStmt, c: _Collector, ex: bool, ctes: frozenset[str]) -> str:
     if ex:
         c.add("session")
+        c.prepared_name = None if n.isall else n.name
     return "DEALLOCATE ALL" if n.isall or n.name is None else "DEALLOCATE"
 
 

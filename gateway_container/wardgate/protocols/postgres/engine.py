@@ -609,9 +609,11 @@ class ClientConnection(asyncio.Protocol):
                 self._review_portals.pop(portal, None)
             entry = self._statements.get(statement)
             event, profile = (entry[0], entry[1]) if entry is not None else (None, None)
-            if entry is not None and (entry[3] is not self.frontend.core.policy or entry[4]):
-                # The policy changed since this statement was prepared, or its decision depends on
-                # the time: decide again before it runs.
+            core = self.frontend.core
+            if entry is not None and (entry[3] is not core.policy or entry[4] or core.refusing is not None):
+                # The policy changed since this statement was prepared, its decision depends on the
+                # time, or the gateway is refusing commands (audit archive down): decide again before
+                # it runs.
                 decision, event = self.session.decide(Command(PROTOCOL, "bind", entry[2], statement_name=statement))
                 if decision.verdict is not _ALLOW:
                     self._statements[statement] = (event, None, entry[2], self.frontend.core.policy, decision.volatile)
