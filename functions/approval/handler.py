@@ -284,7 +284,7 @@ class ApprovalFunction:
                     slack_signing_secret=secret if settings.channel == "slack" else None,
                     hmac_secret=secret if settings.channel != "slack" else None,
                     link_key=link_key_from(secret) if secret else None, identities=identities,
-                    grant_approvers={role: (tuple(g.approvers), g.quorum) for role, g in grants.items()},
+                    grant_approvers={role: (tuple(g.approvers), g.quorum, g.max_duration) for role, g in grants.items()},
                     max_grant_seconds=max((g.max_duration for g in grants.values()), default=8 * 3600.0),
                     link_base_url=settings.webhook_endpoint or "")
             return self._webhook

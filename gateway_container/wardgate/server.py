@@ -275,7 +275,7 @@ class Gateway:
             slack_signing_secret=self._secret(cfg.slack_signing_secret) if cfg.slack_signing_secret else None,
             hmac_secret=self._secret(cfg.hmac_secret) if cfg.hmac_secret else None,
             link_key=link_key, identities=identities,
-            grant_approvers={role: (tuple(g.approvers), g.quorum) for role, g in cfg.grants.items()},
+            grant_approvers={role: (tuple(g.approvers), g.quorum, g.max_duration) for role, g in cfg.grants.items()},
             max_grant_seconds=max((g.max_duration for g in cfg.grants.values()), default=8 * 3600.0),
             link_base_url=public)
         self.approvals = service

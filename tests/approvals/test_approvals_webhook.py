@@ -245,3 +245,19 @@ def test_rest_access_request_and_grants(hook, service, dev_issuer, clock):
     assert [g.role for g in service.active_grants(principal, "orders")] == ["admin"]
     clock.advance(1801)
     assert hook.handle(WebhookRequest("GET", "/access/grants", alice)).json()["grants"] == []
+
+
+def test_each_role_has_its_own_longest_grant(service, clock, verifier, dev_issuer):
+    hook = ApprovalWebhook(service, verifier=verifier, slack_signing_secret=None, hmac_secret=None, link_key=None,
+                           identities={}, clock=clock, max_grant_seconds=8 * 3600,
+                           grant_approvers={"reader": (["dba"], 1, 8 * 3600), "admin": (["dba"], 1, 3600)})
+    alice = bearer(dev_issuer.mint("alice", groups=["developers"]))
+
+    def ask(role: str, duration: str):
+        body = {"resource": "orders", "role": role, "duration": duration, "reason": "incident 9"}
+        return hook.handle(WebhookRequest("POST", "/access/requests", alice, json.dumps(body).encode()))
+
+    too_long = ask("admin", "2h")  # 2h is fine for another role, not for this one
+    assert too_long.status == 400 and "'admin'" in too_long.json()["error"] and "3600s" in too_long.json()["error"]
+    assert ask("admin", "1h").status == 201
+    assert ask("reader", "2h").status == 201

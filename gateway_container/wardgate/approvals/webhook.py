@@ -118,7 +118,7 @@ class ApprovalWebhook:
     def __init__(self, service: ApprovalService, *, verifier: TokenVerifier | None,
                  slack_signing_secret: bytes | None, hmac_secret: bytes | None, link_key: bytes | None,
                  identities: Mapping[str, Principal], clock: Callable[[], float] = time.time,
-                 grant_approvers: Mapping[str, tuple[Sequence[str], int]] | None = None,
+                 grant_approvers: Mapping[str, tuple] | None = None,
                  grant_timeout: float = 900.0, max_grant_seconds: float = 8 * 3600.0,
                  link_base_url: str = "") -> None:
         self.service = service
@@ -322,9 +322,12 @@ class ApprovalWebhook:
             duration = parse_duration(payload.get("duration"))
         except ValueError as exc:
             raise ApprovalRefused("bad_input", f"duration: {exc}") from None
-        if not 0 < duration <= self.max_grant_seconds:
-            raise ApprovalRefused("bad_input", f"duration must be between 1s and {self.max_grant_seconds:g}s")
-        approvers, quorum = self.grant_approvers[role]
+        # (approvers, quorum) or (approvers, quorum, longest grant of this role in seconds)
+        entry = self.grant_approvers[role]
+        approvers, quorum = entry[0], entry[1]
+        limit = min(entry[2], self.max_grant_seconds) if len(entry) > 2 else self.max_grant_seconds
+        if not 0 < duration <= limit:
+            raise ApprovalRefused("bad_input", f"duration of role {role!r} must be between 1s and {limit:g}s")
         request = self.service.request_grant(caller, resource=resource, role=role, duration_seconds=duration,
                                              reason=reason, approvers=list(approvers), quorum=quorum,
                                              timeout_seconds=self.grant_timeout)
