@@ -160,7 +160,8 @@ def check_approval_wiring(stack: StackConfig, notifier_env: Mapping[str, str], w
     assert set(secrets.read) <= webhook_secrets, "the webhook read a secret its identity may not read"
     if stack.approvals.grants:
         built = function._approval_webhook()
-        assert built.grant_approvers == {r: (tuple(g.approvers), g.quorum) for r, g in stack.approvals.grants.items()}
+        assert built.grant_approvers == {r: (tuple(g.approvers), g.quorum, g.max_duration)
+                                         for r, g in stack.approvals.grants.items()}
         assert built.max_grant_seconds == max(g.max_duration for g in stack.approvals.grants.values())
 
 
