@@ -8,6 +8,15 @@ as text, e-mail addresses, UUIDs, dates) and for 1 KB text blobs, and what that 
 Python function call, ``str.lower`` of 1 KB) lets figures from different machines be compared.
 
     .venv/bin/python bench/masking_speed.py [--rounds 7]
+
+It also times ``ResultMasker.mask_row`` on DataRows shaped like ``pg_overhead.py``'s ``bench_people``
+(10 columns, ``email`` partial and ``note`` redact) with the Python and the compiled walker.
+``--datarow-only python|compiled`` runs just that loop twice, calling ``os.getppid()`` around the
+second, for callgrind (instructions per row, repeatable on a loaded machine)::
+
+    valgrind --tool=callgrind --dump-before=getppid --callgrind-out-file=/tmp/cg \
+        .venv/bin/python bench/masking_speed.py --datarow-only compiled --datarow-rows 20000
+    # the 4th dump (/tmp/cg.3 by number) is the second loop; divide its total by --datarow-rows
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import time
 import timeit
 
 from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value, scan
+from wardgate.protocols.postgres import rowmask
 
 PROFILE = ["email", "credit_card", "us_ssn", "iban", "aws_access_key_id", "aws_secret_access_key", "github_token",
            "gitlab_token", "jwt", "pem_private_key", "bearer_token"]
@@ -61,12 +71,53 @@ def per_call_us(fn, rounds: int, budget: float = 0.2) -> float:
     return min(timer.repeat(repeat=rounds, number=number)) / number * 1e6
 
 
+def bench_people_row(i: int) -> bytes:
+    """A DataRow payload as PostgreSQL sends a row of pg_overhead.py's ``bench_people`` (text format)."""
+    values = [str(i), f"Person {i}", f"person{i}@example.com", f"+1-555-{i % 10000:04d}", "Springfield",
+              f"Customer {i} prefers deliveries before noon; call ahead", f"{(i * 7919) % 1000000 / 100:.2f}",
+              "2024-01-01 00:00:00+00", "t" if i % 2 == 0 else "f", f"C-{(i * 2654435761) % 4294967296:x}"]
+    out = [len(values).to_bytes(2, "big")]
+    for value in values:
+        data = value.encode()
+        out.append(len(data).to_bytes(4, "big") + data)
+    return b"".join(out)
+
+
+def _column(index: int, strategy: MaskStrategy) -> tuple:
+    return (index, "column", strategy, f"public.bench_people.c{index}", None, True)
+
+
+DATAROW_PLANS = {
+    "email partial + note redact": (_column(2, MaskStrategy.partial(4)), _column(5, MaskStrategy.redact())),
+    "email hash + note redact": (_column(2, MaskStrategy.hash()), _column(5, MaskStrategy.redact())),
+}
+
+
+def datarow_loop(rows: list[bytes], fast: bool, plan: tuple, key: bytes) -> None:
+    masker = rowmask.ResultMasker(plan, key, MaskReport(), fast=fast)
+    mask_row = masker.mask_row
+    for row in rows:
+        mask_row(row)
+    masker.finish()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--datarow-only", choices=("python", "compiled"),
+                        help="only the DataRow loop (email partial + note redact), twice; for callgrind")
+    parser.add_argument("--datarow-rows", type=int, default=20_000)
     args = parser.parse_args()
     rounds = args.rounds
     key = os.urandom(32)
+    if args.datarow_only:
+        rows = [bench_people_row(i) for i in range(1, args.datarow_rows + 1)]
+        plan = DATAROW_PLANS["email partial + note redact"]
+        datarow_loop(rows, args.datarow_only == "compiled", plan, key)  # warm-up
+        os.getppid()  # callgrind: --dump-before=getppid marks the timed loop
+        datarow_loop(rows, args.datarow_only == "compiled", plan, key)
+        os.getppid()
+        return
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     blob = kilobyte(PROSE)
@@ -95,6 +146,19 @@ def main() -> None:
         short = per_call_us(lambda: mask_value("jane.doe@example.com", strategy, key=key), rounds)
         card = per_call_us(lambda: mask_value("4111 1111 1111 1111", strategy, key=key), rounds)
         print(f"  {name:11s} email {short:6.2f}   card {card:6.2f}")
+
+    print()
+    rows_data = [bench_people_row(i) for i in range(1, 10_001)]
+    compiled = rowmask.fast_available()
+    print("ResultMasker.mask_row, bench_people rows (10 columns), us per row"
+          + ("" if compiled else " (compiled walker not built)") + ":")
+    for label, plan in DATAROW_PLANS.items():
+        python_us = per_call_us(lambda: datarow_loop(rows_data, False, plan, key), rounds) / len(rows_data)
+        line = f"  {label:28s} python {python_us:6.2f}"
+        if compiled:
+            compiled_us = per_call_us(lambda: datarow_loop(rows_data, True, plan, key), rounds) / len(rows_data)
+            line += f"   compiled {compiled_us:6.2f}   ({python_us / compiled_us:.0f}x)"
+        print(line)
 
     print()
     rows = 200_000

@@ -631,11 +631,44 @@ def test_adversarial_inputs_stay_fast(text: str) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Strategies
+#
+# A whole-value strategy is applied by ``mask_value`` (COPY rows, the reference) and, per DataRow, by
+# ``ResultMasker`` with the Python walker or the compiled one (``_rowmask_fast``): the tests that
+# take ``whole`` run against all three, which must agree exactly.
 
 
-def test_redact() -> None:
-    assert mask_value("jane@example.com", MaskStrategy.redact(), key=KEY) == "[REDACTED]"
-    assert mask_value("x", MaskStrategy.redact("***"), key=KEY) == "***"
+def _row_masker(fast: bool):
+    from wardgate.protocols.postgres.rowmask import ResultMasker
+
+    def mask(value: str | None, strategy: MaskStrategy, *, key: bytes | None = None) -> str | None:
+        masker = ResultMasker(((1, "column", strategy, "t.c", None, True),), key or b"", MaskReport(), fast=fast)
+        raw = None if value is None else value.encode()
+        cell = b"\xff\xff\xff\xff" if raw is None else len(raw).to_bytes(4, "big") + raw
+        payload = masker.mask_row(b"\x00\x03\x00\x00\x00\x01a" + cell + b"\x00\x00\x00\x01z")
+        assert payload[:7] == b"\x00\x03\x00\x00\x00\x01a" and payload[-5:] == b"\x00\x00\x00\x01z"
+        length = int.from_bytes(payload[7:11], "big", signed=True)
+        assert len(payload) == 11 + max(length, 0) + 5
+        return None if length < 0 else payload[11:11 + length].decode()
+    return mask
+
+
+def _compiled_available() -> bool:
+    from wardgate.protocols.postgres import rowmask
+    return rowmask.fast_available()
+
+
+@pytest.fixture(params=["mask_value", "datarow-python", pytest.param("datarow-compiled", marks=pytest.mark.skipif(
+    not _compiled_available(), reason="compiled DataRow masker not in use (not built, stale, or WARDGATE_MASKING_PYTHON)"))])
+def whole(request):
+    """``mask_value``, or the same through a DataRow with the Python or the compiled walker."""
+    if request.param == "mask_value":
+        return mask_value
+    return _row_masker(fast=request.param == "datarow-compiled")
+
+
+def test_redact(whole) -> None:
+    assert whole("jane@example.com", MaskStrategy.redact(), key=KEY) == "[REDACTED]"
+    assert whole("x", MaskStrategy.redact("***"), key=KEY) == "***"
     text = "mail jane@example.com now"
     assert mask_findings(text, scan(text), MaskStrategy.redact()) == "mail [REDACTED:email] now"
     assert mask_findings(text, scan(text), MaskStrategy.redact("<hidden>")) == "mail <hidden> now"
@@ -654,26 +687,28 @@ def test_redact() -> None:
     ("a", "*"),
     ("", ""),
 ])
-def test_partial_keeps_last_four(value: str, expected: str) -> None:
-    assert mask_value(value, MaskStrategy.partial(4)) == expected
+def test_partial_keeps_last_four(whole, value: str, expected: str) -> None:
+    assert whole(value, MaskStrategy.partial(4)) == expected
 
 
-def test_partial_options() -> None:
-    assert mask_value("4111 1111 1111 1111", MaskStrategy.partial(0)) == "**** **** **** ****"
-    assert mask_value("4111 1111 1111 1111", MaskStrategy.partial(2, mask_char="x")) == "xxxx xxxx xxxx xx11"
-    assert mask_value("4111 1111 1111 1111", MaskStrategy.partial(4, separators="")) == "***************1111"
-    assert mask_value("4111 1111 1111 1111", MaskStrategy.partial(4, mask_char="•")) == "•••• •••• •••• 1111"
-    assert mask_value("Zoë 0123", MaskStrategy.partial(2, separators=" ")) == "*** **23"
+def test_partial_options(whole) -> None:
+    assert whole("4111 1111 1111 1111", MaskStrategy.partial(0)) == "**** **** **** ****"
+    assert whole("4111 1111 1111 1111", MaskStrategy.partial(2, mask_char="x")) == "xxxx xxxx xxxx xx11"
+    assert whole("4111 1111 1111 1111", MaskStrategy.partial(4, separators="")) == "***************1111"
+    assert whole("4111 1111 1111 1111", MaskStrategy.partial(4, mask_char="•")) == "•••• •••• •••• 1111"
+    assert whole("Zoë 0123", MaskStrategy.partial(2, separators=" ")) == "*** **23"
+    assert whole("a-b-c-d-e", MaskStrategy.partial(2, separators="é-")) == "*-*-*-d-e"
+    assert whole("4111 1111", MaskStrategy.partial(10**9)) == "**** 1111"  # never more than half
     text = "card 4111 1111 1111 1111."
     assert mask_findings(text, scan(text), MaskStrategy.partial()) == "card **** **** **** 1111."
 
 
-def test_hash_is_keyed_and_deterministic() -> None:
+def test_hash_is_keyed_and_deterministic(whole) -> None:
     strategy = MaskStrategy.hash()
-    a1 = mask_value("jane@example.com", strategy, key=KEY)
-    a2 = mask_value("jane@example.com", strategy, key=KEY)
-    b = mask_value("john@example.com", strategy, key=KEY)
-    other_key = mask_value("jane@example.com", strategy, key=b"another key of some length")
+    a1 = whole("jane@example.com", strategy, key=KEY)
+    a2 = whole("jane@example.com", strategy, key=KEY)
+    b = whole("john@example.com", strategy, key=KEY)
+    other_key = whole("jane@example.com", strategy, key=b"another key of some length")
     assert a1 == a2 != b
     assert a1 != other_key
     expected = "tok_" + hmac.new(KEY, b"jane@example.com", hashlib.sha256).hexdigest()[:16]
@@ -681,22 +716,22 @@ def test_hash_is_keyed_and_deterministic() -> None:
     assert "jane" not in a1
 
 
-def test_hash_options() -> None:
-    token = mask_value("x", MaskStrategy.hash(prefix="h:", length=20, encoding="base32"), key=KEY)
+def test_hash_options(whole) -> None:
+    token = whole("x", MaskStrategy.hash(prefix="h:", length=20, encoding="base32"), key=KEY)
     assert token is not None and token.startswith("h:") and len(token) == 22
     assert set(token[2:]) <= set("abcdefghijklmnopqrstuvwxyz234567")
-    assert len(mask_value("x", MaskStrategy.hash(length=64), key=KEY) or "") == 68
+    assert len(whole("x", MaskStrategy.hash(length=64), key=KEY) or "") == 68
     with pytest.raises(ValueError):
         MaskStrategy.hash(length=4)
     with pytest.raises(ValueError):
         MaskStrategy.hash(encoding="base64")
 
 
-def test_hash_needs_a_key() -> None:
+def test_hash_needs_a_key(whole) -> None:
     with pytest.raises(ValueError, match="key"):
-        mask_value("x", MaskStrategy.hash(), key=b"")
+        whole("x", MaskStrategy.hash(), key=b"")
     with pytest.raises(ValueError, match="key"):
-        mask_value("x", MaskStrategy.hash())
+        whole("x", MaskStrategy.hash())
 
 
 def test_hashed_spans_still_join() -> None:
@@ -710,9 +745,9 @@ def test_hashed_spans_still_join() -> None:
     assert "jane@" not in masked_a + masked_b
 
 
-def test_null() -> None:
-    assert mask_value("jane@example.com", MaskStrategy.null(), key=KEY) is None
-    assert mask_value(None, MaskStrategy.redact()) is None
+def test_null(whole) -> None:
+    assert whole("jane@example.com", MaskStrategy.null(), key=KEY) is None
+    assert whole(None, MaskStrategy.redact()) is None
     assert mask_text("mail jane@example.com", MaskStrategy.null()) is None
     assert mask_text("nothing to see", MaskStrategy.null()) == "nothing to see"
     assert mask_text(None, MaskStrategy.redact()) is None

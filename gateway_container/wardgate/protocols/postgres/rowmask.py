@@ -11,16 +11,29 @@ Per column:
 - detectors scan the other text-like columns and mask what they find inside the value.
 Values in binary format are masked when the type's binary form is its text (text, varchar, name…);
 a masked column of another type in binary format cannot be rendered masked and becomes NULL.
+
+Two implementations of the per-row work, with byte-identical output: the compiled ``_rowmask_fast``
+(Cython; built by ``setup.py`` when the package is installed) and :class:`_PythonRowWalker`, the
+reference and fallback. The compiled module is used only if it was built from the ``.pyx`` next to
+it (SHA-256 embedded at build time); otherwise, or when it cannot be imported, a warning is logged
+once and the Python walker is used. ``WARDGATE_MASKING_PYTHON=1`` forces the Python walker.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import importlib
+import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 import struct
 from functools import lru_cache
 
 from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value, value_masker
+
+log = logging.getLogger("wardgate.masking")
 
 _U16 = struct.Struct("!H")
 _I32 = struct.Struct("!i")
@@ -144,6 +157,8 @@ def _plan(fields: list[Field], labels: list[str | None], profile, redact_compute
 
 
 _NULL_VALUE = b"\xff\xff\xff\xff"
+# Step kinds of the compiled walker (_rowmask_fast.CONSTANT, PARTIAL, CALL).
+_KIND_CONSTANT, _KIND_PARTIAL, _KIND_CALL = 0, 1, 2
 
 
 def _prefixed(text: str | None) -> bytes:
@@ -154,33 +169,155 @@ def _prefixed(text: str | None) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+def _load_fast():
+    """(the compiled module, None) or (None, why it is not used)."""
+    if os.environ.get("WARDGATE_MASKING_PYTHON", "") not in ("", "0"):
+        return None, None  # asked for: no warning
+    try:
+        fast = importlib.import_module("wardgate.protocols.postgres._rowmask_fast")
+    except ImportError as exc:
+        return None, f"the compiled DataRow masker is not built ({exc})"
+    source = Path(__file__).with_name("_rowmask_fast.pyx")
+    try:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    except OSError as exc:
+        return None, f"cannot check the compiled DataRow masker against its source ({exc})"
+    if getattr(fast, "SOURCE_SHA256", "") != digest:
+        return None, (f"the compiled DataRow masker {Path(fast.__file__).name} was built from another version "
+                      f"of {source.name} (stale build; reinstall with `pip install -e .`)")
+    return fast, None
+
+
+_FAST, _FAST_PROBLEM = _load_fast()
+_warned = False
+
+
+def fast_available() -> bool:
+    """Is the compiled DataRow masker in use (built, from the current source)?"""
+    return _FAST is not None
+
+
+def _warn_once() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("%s; masking rows with the Python implementation (slower, same output)", _FAST_PROBLEM)
+
+
+class _PythonRowWalker:
+    """The per-row work in Python: the reference for (and fallback of) ``_rowmask_fast.RowWalker``.
+    ``steps`` are (index, slot, replacement): ready bytes when the output does not depend on the
+    value, else a function of the raw value returning the length-prefixed value (None: unchanged)."""
+
+    __slots__ = ("steps", "last_index", "counts")
+
+    def __init__(self, steps: tuple, last_index: int):
+        self.steps = steps
+        self.last_index = last_index
+        self.counts = [0] * len(steps)
+
+    def take_counts(self) -> list[tuple[int, int]]:
+        counts = [(slot, count) for (_, slot, _), count in zip(self.steps, self.counts) if count]
+        self.counts = [0] * len(self.steps)
+        return counts
+
+    def mask_row(self, payload: bytes) -> bytes:
+        """A DataRow payload with the planned columns masked (the same object when nothing changed)."""
+        count = _U16.unpack_from(payload)[0]
+        walk = self.last_index + 1 if self.last_index < count else count
+        unpack = _I32.unpack_from
+        spans = []  # flat: offset, length, offset, length…
+        offset = 2
+        for _ in range(walk):
+            length = unpack(payload, offset)[0]
+            spans.append(offset)
+            spans.append(length)
+            offset += 4 + length if length > 0 else 4
+        if offset > len(payload):
+            raise ValueError("DataRow payload shorter than its column lengths")
+        out = None
+        copied = 0
+        counts = self.counts
+        for step, (index, slot, replacement) in enumerate(self.steps):
+            if index >= walk:
+                break
+            offset = spans[2 * index]
+            length = spans[2 * index + 1]
+            if length < 0:
+                continue
+            if replacement.__class__ is not bytes:
+                replacement = replacement(payload[offset + 4:offset + 4 + length])
+                if replacement is None:
+                    continue
+            counts[step] += 1
+            if out is None:
+                out = [payload[:offset]]
+            else:
+                out.append(payload[copied:offset])
+            out.append(replacement)
+            copied = offset + 4 + length
+        if out is None:
+            return payload
+        out.append(payload[copied:])
+        return b"".join(out)
+
+
 class ResultMasker:
     """Masks the rows of one result. The plan (which column, how) is cached per result shape; per row
     the work is one walk over the column lengths up to the last masked column, one call per masked
-    value (none for strategies whose output is a constant), and a join of the original's slices
-    around the values that changed."""
+    value (none for strategies whose output is a constant, nor, in the compiled walker, for ASCII
+    values of ``partial``), and the original's bytes copied around the values that changed.
 
-    __slots__ = ("plan", "key", "report", "counts", "last_index", "steps")
+    ``mask_row(payload)`` is the walker's own method (compiled or Python), stored on the instance:
+    the per-row call goes straight to it. ``fast``: None uses the compiled walker when it is usable;
+    True/False force one (True raises if it is not)."""
 
-    def __init__(self, plan: tuple, key: bytes, report: MaskReport):
+    __slots__ = ("plan", "key", "report", "counts", "last_index", "steps", "walker", "mask_row")
+
+    def __init__(self, plan: tuple, key: bytes, report: MaskReport, fast: bool | None = None):
         self.plan = plan  # (index, mode, strategy, label, detectors, textual), by index
         self.key = key
         self.report = report
-        self.counts = [0] * len(plan)
+        self.counts = [0] * len(plan)  # COPY rows (mask_copy_line); DataRows count in the walker
         self.last_index = plan[-1][0] if plan else -1
         # Per masked column: (index, slot, replacement) where the replacement is ready bytes when the
-        # output does not depend on the value (redact, null, non-text binary), else a function.
+        # output does not depend on the value (redact, null, non-text binary), else a function; and
+        # the compiled walker's (index, slot, kind, argument) for the same column.
         steps = []
+        fast_steps = []
         for slot, (index, mode, strategy, label, detectors, textual) in enumerate(plan):
             if not textual:
                 steps.append((index, slot, _NULL_VALUE))  # cannot be rendered masked in this format
+                fast_steps.append((index, slot, _KIND_CONSTANT, _NULL_VALUE))
             elif mode == "column" and strategy.kind in ("redact", "null"):
-                steps.append((index, slot, _prefixed(mask_value("", strategy, key=key))))
+                constant = _prefixed(mask_value("", strategy, key=key))
+                steps.append((index, slot, constant))
+                fast_steps.append((index, slot, _KIND_CONSTANT, constant))
             elif mode == "column":
-                steps.append((index, slot, self._column_function(strategy)))
+                function = self._column_function(strategy)
+                steps.append((index, slot, function))
+                if (strategy.kind == "partial" and strategy.separators.isascii()
+                        and strategy.mask_char.isascii()):
+                    fast_steps.append((index, slot, _KIND_PARTIAL,
+                                       (strategy.keep, strategy.mask_char, strategy.separators, function)))
+                else:
+                    fast_steps.append((index, slot, _KIND_CALL, function))
             else:
-                steps.append((index, slot, self._detector_function(strategy, detectors, label)))
+                function = self._detector_function(strategy, detectors, label)
+                steps.append((index, slot, function))
+                fast_steps.append((index, slot, _KIND_CALL, function))
         self.steps = tuple(steps)
+        if fast is None:
+            if _FAST_PROBLEM is not None:
+                _warn_once()
+            fast = _FAST is not None
+        if fast:
+            if _FAST is None:
+                raise RuntimeError(_FAST_PROBLEM or "the compiled DataRow masker is disabled")
+            self.walker = _FAST.RowWalker(tuple(fast_steps), self.last_index)
+        else:
+            self.walker = _PythonRowWalker(self.steps, self.last_index)
+        self.mask_row = self.walker.mask_row
 
     def _column_function(self, strategy):
         masker = value_masker(strategy, key=self.key)
@@ -220,48 +357,13 @@ class ResultMasker:
 
     def finish(self) -> None:
         """Move the whole-column counts into the report (detector findings went there directly)."""
-        for entry, count in zip(self.plan, self.counts):
+        counts = self.counts
+        for slot, count in self.walker.take_counts():
+            counts[slot] += count
+        for entry, count in zip(self.plan, counts):
             if count and entry[1] == "column" or count and not entry[5]:
                 self.report.record(entry[3], "column", count)
         self.counts = [0] * len(self.plan)
-
-    def mask_row(self, payload: bytes) -> bytes:
-        """A DataRow payload with the planned columns masked (the same object when nothing changed)."""
-        count = _U16.unpack_from(payload)[0]
-        walk = self.last_index + 1 if self.last_index < count else count
-        unpack = _I32.unpack_from
-        spans = []  # flat: offset, length, offset, length…
-        offset = 2
-        for _ in range(walk):
-            length = unpack(payload, offset)[0]
-            spans.append(offset)
-            spans.append(length)
-            offset += 4 + length if length > 0 else 4
-        out = None
-        copied = 0
-        counts = self.counts
-        for index, slot, replacement in self.steps:
-            if index >= walk:
-                break
-            offset = spans[2 * index]
-            length = spans[2 * index + 1]
-            if length < 0:
-                continue
-            if replacement.__class__ is not bytes:
-                replacement = replacement(payload[offset + 4:offset + 4 + length])
-                if replacement is None:
-                    continue
-            counts[slot] += 1
-            if out is None:
-                out = [payload[:offset]]
-            else:
-                out.append(payload[copied:offset])
-            out.append(replacement)
-            copied = offset + 4 + length
-        if out is None:
-            return payload
-        out.append(payload[copied:])
-        return b"".join(out)
 
     def mask_copy_line(self, line: bytes, csv: bool) -> bytes:
         """One COPY OUT text-format (tab-separated, ``\\N`` for NULL) or CSV line."""
