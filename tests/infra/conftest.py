@@ -3,25 +3,17 @@ because several test directories here have a ``conftest``)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from infra_harness import FAKE_SOURCES
+from infra_harness import FAKE_SOURCES, ensure_event_loop
 
 
 @pytest.fixture(autouse=True)
 def _main_thread_event_loop():
-    """Pulumi's mocks run on ``asyncio.get_event_loop()``. Earlier tests in the same run (``asyncio.run``,
-    in-process gateways) can leave the main thread with no current loop, or a closed one."""
-    try:
-        loop = asyncio.get_event_loop()
-        usable = not loop.is_closed()
-    except RuntimeError:
-        usable = False
-    if not usable:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+    """For tests that use Pulumi outside ``run_program`` (module fixtures call it through run_program)."""
+    ensure_event_loop()
     yield
 
 

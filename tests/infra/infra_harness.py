@@ -8,6 +8,7 @@ as in a deployment. The tests then assert the security invariants on the recorde
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from dataclasses import dataclass, field
@@ -219,8 +220,20 @@ class RecordingMocks(pulumi.runtime.Mocks):
         raise AssertionError(f"the program made an unexpected provider call: {token}")
 
 
+def ensure_event_loop() -> None:
+    """Pulumi's mocks run on ``asyncio.get_event_loop()``. Earlier tests in the same run (``asyncio.run``,
+    in-process gateways) can leave the main thread with no current loop, or a closed one."""
+    try:
+        usable = not asyncio.get_event_loop().is_closed()
+    except RuntimeError:
+        usable = False
+    if not usable:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(build: Callable[[], Any], project: str, stack_name: str) -> Stack:
     """Run ``build()`` (which declares resources) under mocks until every registration completed."""
+    ensure_event_loop()
     stack = Stack()
     pulumi.runtime.set_mocks(RecordingMocks(stack), project=project, stack=stack_name, preview=False)
 
