@@ -1,4 +1,4 @@
-"""Shared fixtures for the whole test session."""
+"""Shared fixtures for the whole test session (the local clouds' are in ``cloud_fixtures``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from wardgate.devtools.pgserver import ThrowawayPostgres
+
+pytest_plugins = ["cloud_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -58,25 +56,6 @@ def hold(service: ApprovalService, requester: Principal = ALICE, *, statement: s
 def principal_of(dev_issuer: DevIssuer, subject: str, *groups: str) -> Principal:
     """The identity a dev-issuer token for ``subject`` verifies to (for identity maps)."""
     return Principal(issuer=dev_issuer.issuer_url, subject=subject, groups=tuple(groups))
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """Answers each POST with the next scripted status (then 200) and keeps what it got."""
-
-    url: str
-    statuses: list[int] = field(default_factory=list)
-    received: list[Received] = field(default_factory=list)
 
 
 # -- the approvals handler over real HTTP (what the control port will mount) -------------------------

@@ -1,5 +1,5 @@
-"""Fixtures for the approval flow: real embedded backends, a real token issuer on loopback and a real
-HTTP receiver for notifications."""
+"""Fixtures for the approval flow: real embedded backends and a real token issuer on loopback (the HTTP
+receiver for notifications, ``receiver``, comes from ``cloud_fixtures``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from approvals_helpers import Clock, Received, Receiver, roles_of
+from approvals_helpers import Clock, roles_of
 from wardgate.adapters.local import MemoryQueue, SqliteDecisionStore
 from wardgate.approvals.service import ApprovalService
 from wardgate.core.devissuer import DevIssuer
@@ -79,36 +79,3 @@ def dev_issuer(tmp_path_factory) -> Iterator[DevIssuer]:
 @pytest.fixture(scope="session")
 def verifier(dev_issuer) -> TokenVerifier:
     return TokenVerifier([dev_issuer.issuer_config()])
-
-
-# -- a webhook receiver that records what it was sent ------------------------------------------------
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    state = Receiver(url="")
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with lock:
-                state.received.append(Received(self.path, dict(self.headers), body))
-                status = state.statuses.pop(0) if state.statuses else 200
-            self.send_response(status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_port}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -1,30 +1,13 @@
-"""Fixtures for the end-to-end cloud flows (the flow itself is ``cloud_flow``)."""
+"""Fixtures for the end-to-end cloud flows (the flow itself is ``cloud_flow``; the local clouds and
+``receiver`` come from ``cloud_fixtures``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-import cloud_flow  # noqa: F401  (puts the repository root and tests/functions on sys.path)
-from functions_helpers import Receiver, start_receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """The chat platform's incoming webhook, on a free loopback port."""
-    with start_receiver() as running:
-        yield running
+import cloud_flow  # noqa: F401  (puts tests/functions on sys.path)
 
 
 @pytest.fixture(autouse=True)
-def fresh_function_instances() -> Iterator[None]:
-    from functions.approval import handler
-
-    handler._instances.clear()
-    yield
-    handler._instances.clear()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("filterwarnings", "ignore:You are using a Python version:FutureWarning")
+def _fresh_functions(fresh_function_instances: None) -> None:
+    """Each flow builds its functions from its own settings."""

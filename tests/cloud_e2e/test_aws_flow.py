@@ -14,69 +14,34 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from cloud_flow import PROD, CloudSide, HeldClient, make_table, run_flow, start_gateway
-from functions_helpers import LambdaContext, function_url_event, generic_signed, scheduled_event, sqs_event
+from functions_helpers import aws_function_settings, function_url_event, scheduled_event, set_env, sqs_event
+from wardgate_testkit import LambdaContext, generic_signed
 
 from wardgate.devtools.harness import wait_for
 from wardgate.devtools.localcloud.aws import AwsLocalCloud
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("aws_env")]
 
 SECRET = "e2e-aws-signing-secret-0123456789"
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory) -> Iterator[AwsLocalCloud]:
-    local = AwsLocalCloud(tmp_path_factory.mktemp("aws-e2e"))
-    env = local.start()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-                patch.delenv(name, raising=False)
-            patch.setenv("AWS_CONFIG_FILE", "/dev/null")
-            patch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            for name, value in env.items():
-                patch.setenv(name, value)
-            yield local
-    finally:
-        local.stop()
-
-
 @pytest.fixture
-def urls(cloud, receiver) -> dict[str, str]:
+def urls(aws_cloud, receiver) -> dict[str, str]:
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
-    provisioned = cloud.provision(prefix)
-    secrets = cloud.client("secretsmanager")
+    provisioned = aws_cloud.provision(prefix)
+    secrets = aws_cloud.client("secretsmanager")
     secrets.create_secret(Name=f"{prefix}/signing", SecretString=SECRET)
     secrets.create_secret(Name=f"{prefix}/webhook-url", SecretString=receiver.url)
     return {**provisioned, "prefix": prefix}
 
 
-def function_settings(monkeypatch, urls: dict[str, str], issuer: str) -> str:
-    """The Lambda environment the AWS program sets (plus the identities of approvers)."""
-    evidence = urls["audit_bucket"].replace("/audit?", "/evidence?")
-    for name, value in {
-        "WARDGATE_APPROVALS_QUEUE": urls["queue"], "WARDGATE_DECISION_STORE": urls["decision_store"],
-        "WARDGATE_APPROVAL_CHANNEL": "generic", "WARDGATE_APPROVER_GROUPS": "dba",
-        "WARDGATE_SIGNING_SECRET": f"aws-sm://{urls['prefix']}/signing?region=us-east-1",
-        "WARDGATE_WEBHOOK_URL_SECRET": f"aws-sm://{urls['prefix']}/webhook-url?region=us-east-1",
-        "WARDGATE_WEBHOOK_ENDPOINT": "https://abc123.lambda-url.us-east-1.on.aws",
-        "WARDGATE_APPROVER_IDENTITIES": json.dumps({"generic:dana": {"issuer": issuer, "subject": "dana",
-                                                                     "groups": ["dba"]}}),
-        "WARDGATE_AUDIT_STORE": urls["audit_bucket"], "WARDGATE_EVIDENCE_STORE": evidence,
-        "WARDGATE_SIGNER": urls["signer"],
-    }.items():
-        monkeypatch.setenv(name, value)
-    return evidence
-
-
-def receive(cloud: AwsLocalCloud, queue_name: str) -> tuple[str, str, list[dict]]:
-    sqs = cloud.client("sqs")
+def receive(aws_cloud: AwsLocalCloud, queue_name: str) -> tuple[str, str, list[dict]]:
+    sqs = aws_cloud.client("sqs")
     queue_url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     messages = wait_for(lambda: sqs.receive_message(
@@ -85,16 +50,16 @@ def receive(cloud: AwsLocalCloud, queue_name: str) -> tuple[str, str, list[dict]
     return queue_url, arn, messages
 
 
-def test_the_aws_path_whole(cloud, urls, receiver, postgres, monkeypatch, capsys):
+def test_the_aws_path_whole(aws_cloud, urls, receiver, postgres, monkeypatch, capsys):
     from functions.approval import aws as approval
     from functions.evidence_export import aws as evidence
 
     def notify():
-        queue_url, arn, messages = receive(cloud, f"{urls['prefix']}-approvals")
+        queue_url, arn, messages = receive(aws_cloud, f"{urls['prefix']}-approvals")
         answer = approval.notifier(sqs_event(messages, arn), LambdaContext())
         assert answer == {"batchItemFailures": []}
         for message in messages:  # the event source mapping deletes what the function handled
-            cloud.client("sqs").delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            aws_cloud.client("sqs").delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
         return answer
 
     def decide(gw, request):
@@ -110,7 +75,8 @@ def test_the_aws_path_whole(cloud, urls, receiver, postgres, monkeypatch, capsys
 
     evidence_url = urls["audit_bucket"].replace("/audit?", "/evidence?")
     side = CloudSide(urls, evidence_url, notify=notify, decide=decide, export=export,
-                     on_gateway=lambda gw: function_settings(monkeypatch, urls, gw.gateway.dev_issuer.issuer_url))
+                     on_gateway=lambda gw: set_env(monkeypatch, aws_function_settings(
+                         urls, urls["prefix"], gw.gateway.dev_issuer.issuer_url)))
     result = run_flow(postgres, receiver, side, capsys)
 
     posted = result["posted"]
@@ -121,12 +87,12 @@ def test_the_aws_path_whole(cloud, urls, receiver, postgres, monkeypatch, capsys
     decided = [e for e in result["events"] if e["type"] == "approval.decided"]
     assert decided and "dana" in json.dumps(decided[0]["by"])
     bucket = f"{urls['prefix']}-audit"
-    keys = [o["Key"] for o in cloud.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [o["Key"] for o in aws_cloud.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(k.startswith("audit/") and k.endswith(".digest.json") for k in keys)
     assert any(k.startswith("evidence/") and k.endswith("/manifest.json") for k in keys)
 
 
-def test_a_request_held_while_the_queue_is_missing_is_not_lost(cloud, urls, postgres, caplog, monkeypatch):
+def test_a_request_held_while_the_queue_is_missing_is_not_lost(aws_cloud, urls, postgres, caplog, monkeypatch):
     late = f"{urls['prefix']}-late"
     gw = start_gateway(postgres, urls, queue=f"sqs://{late}?region=us-east-1")
     try:
@@ -138,13 +104,13 @@ def test_a_request_held_while_the_queue_is_missing_is_not_lost(cloud, urls, post
         assert gw.gateway.approvals.store.get(f"approval/{request}/request") is not None  # not lost
 
         # The queue comes (back): what the operator or the next start does.
-        sqs = cloud.client("sqs")
+        sqs = aws_cloud.client("sqs")
         dlq = sqs.create_queue(QueueName=f"{late}-dlq")["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         sqs.create_queue(QueueName=late, Attributes={"RedrivePolicy": json.dumps(
             {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})})
         assert gw.gateway.approvals.reannounce_pending() == 1
-        _, _, messages = receive(cloud, late)
+        _, _, messages = receive(aws_cloud, late)
         assert [json.loads(m["Body"])["id"] for m in messages] == [request]
         gw.gateway.approvals.withdraw(request, "test over")
         assert "withdrawn" in str(held.result())
@@ -152,7 +118,7 @@ def test_a_request_held_while_the_queue_is_missing_is_not_lost(cloud, urls, post
         gw.stop()
 
 
-def test_an_archive_bucket_that_cannot_be_written_is_reported(cloud, urls, postgres):
+def test_an_archive_bucket_that_cannot_be_written_is_reported(aws_cloud, urls, postgres):
     missing = f"s3://{urls['prefix']}-no-such-bucket/audit?region=us-east-1"
     gw = start_gateway(postgres, urls, archive=missing)
     try:

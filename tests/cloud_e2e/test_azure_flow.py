@@ -10,63 +10,39 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from cloud_flow import CloudSide, run_flow
-from functions_helpers import azure_function, azure_http_request, azure_queue_message, slack_signed
+from functions_helpers import (azure_function, azure_function_settings, azure_http_request, azure_queue_message,
+                               set_env)
+from wardgate_testkit import slack_signed
 
 from wardgate.devtools.harness import wait_for
-from wardgate.devtools.localcloud.azure import VAULT, AzureLocalCloud
+from wardgate.devtools.localcloud.azure import VAULT
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("azure_env")]
 
 SECRET = "e2e-azure-slack-signing-secret"
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory) -> Iterator[AzureLocalCloud]:
-    local = AzureLocalCloud(tmp_path_factory.mktemp("azure-e2e"))
-    env = local.start()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
-            yield local
-    finally:
-        local.stop()
-
-
-def test_the_azure_path_whole(cloud, receiver, postgres, monkeypatch, capsys):
+def test_the_azure_path_whole(azure_cloud, receiver, postgres, monkeypatch, capsys):
     from functions import azure_app
     from functions.evidence_export import handler as evidence
 
     stem = "e2e" + uuid.uuid4().hex[:8]
-    urls = cloud.provision(stem)
-    cloud.secret_client().set_secret(f"{stem}-signing", SECRET)
-    cloud.secret_client().set_secret(f"{stem}-webhook-url", receiver.url)
+    urls = azure_cloud.provision(stem)
+    azure_cloud.secret_client().set_secret(f"{stem}-signing", SECRET)
+    azure_cloud.secret_client().set_secret(f"{stem}-webhook-url", receiver.url)
     evidence_url = urls["audit_bucket"].replace("/audit?", "/evidence?")
     queue_name = f"{stem}-approvals"
 
     def settings(gw):
-        issuer = gw.gateway.dev_issuer.issuer_url
-        for name, value in {
-            "WARDGATE_APPROVALS_QUEUE_NAME": queue_name, "WARDGATE_APPROVALS_QUEUE": urls["queue"],
-            "WARDGATE_DECISION_STORE": urls["decision_store"], "WARDGATE_APPROVAL_CHANNEL": "slack",
-            "WARDGATE_APPROVER_GROUPS": "dba", "WARDGATE_SIGNING_SECRET": f"azure-kv://{VAULT}/{stem}-signing",
-            "WARDGATE_WEBHOOK_URL_SECRET": f"azure-kv://{VAULT}/{stem}-webhook-url",
-            "WEBSITE_HOSTNAME": "wardgate-fn.azurewebsites.net",
-            "WARDGATE_APPROVER_IDENTITIES": json.dumps({"slack:U0DANA": {"issuer": issuer, "subject": "dana",
-                                                                         "groups": ["dba"]}}),
-            "WARDGATE_AUDIT_STORE": urls["audit_bucket"], "WARDGATE_EVIDENCE_STORE": evidence_url,
-            "WARDGATE_SIGNER": urls["signer"],
-        }.items():
-            monkeypatch.setenv(name, value)
+        set_env(monkeypatch, azure_function_settings(urls, stem, VAULT, gw.gateway.dev_issuer.issuer_url))
 
     def notify():
-        queue = cloud.queue_client(queue_name)
+        queue = azure_cloud.queue_client(queue_name)
         raw = wait_for(lambda: list(queue.receive_messages(max_messages=1, visibility_timeout=30)),
                        "the approval message", timeout=20)[0]
         azure_function(azure_app.app, "approval_notifier")(azure_queue_message(raw))

@@ -12,37 +12,16 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from cloud_flow import REPO_ROOT, CloudSide, run_flow
+from cloud_flow import CloudSide, run_flow
 from functions_helpers import pubsub_push_body
+from wardgate_testkit import framework_client
 
 from wardgate.devtools.harness import wait_for
-from wardgate.devtools.localcloud.gcp import GcpLocalCloud
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory) -> Iterator[GcpLocalCloud]:
-    local = GcpLocalCloud(tmp_path_factory.mktemp("gcp-e2e"))
-    env = local.start()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
-            yield local
-    finally:
-        local.stop()
-
-
-def framework_client(unit: str, target: str, signature: str):
-    import functions_framework
-
-    return functions_framework.create_app(target=target, source=str(REPO_ROOT / "functions" / unit / "gcp.py"),
-                                          signature_type=signature).test_client()
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("gcp_env")]
 
 
 def pull_one(subscription: str):
@@ -54,12 +33,12 @@ def pull_one(subscription: str):
                                  .received_messages), f"a message on {subscription}", timeout=30)[0], subscriber
 
 
-def test_the_gcp_path_whole(cloud, receiver, postgres, monkeypatch, capsys):
+def test_the_gcp_path_whole(gcp_cloud, receiver, postgres, monkeypatch, capsys):
     stem = "e" + uuid.uuid4().hex[:8]
-    urls = cloud.provision(stem)
-    hook_secret = cloud.create_secret(f"{stem}-webhook-url", receiver.url)
+    urls = gcp_cloud.provision(stem)
+    hook_secret = gcp_cloud.create_secret(f"{stem}-webhook-url", receiver.url)
     evidence_url = urls["audit_bucket"].replace("/audit", "/evidence")
-    subscription = f"projects/{cloud.project}/subscriptions/{stem}-approvals-sub"
+    subscription = f"projects/{gcp_cloud.project}/subscriptions/{stem}-approvals-sub"
 
     def settings(gw):
         issuer = gw.gateway.dev_issuer.issuer_url
@@ -96,7 +75,7 @@ def test_the_gcp_path_whole(cloud, receiver, postgres, monkeypatch, capsys):
     def export(day):
         push = {"message": {"data": base64.b64encode(json.dumps({"period": day}).encode()).decode(),
                             "messageId": "7001", "publishTime": f"{day}T02:00:00Z", "attributes": {}},
-                "subscription": f"projects/{cloud.project}/subscriptions/{stem}-evidence-export"}
+                "subscription": f"projects/{gcp_cloud.project}/subscriptions/{stem}-evidence-export"}
         assert framework_client("evidence_export", "export", "cloudevent").post("/", json=push).status_code == 200
         return day
 

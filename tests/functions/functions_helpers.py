@@ -1,5 +1,6 @@
-"""Helpers for the function tests: a webhook receiver, and platform events built from what the
-emulators return (a uniquely named module: several test directories have a ``conftest``).
+"""Helpers for the function tests: platform events built from what the emulators return (a uniquely
+named module: several test directories have a ``conftest``; the receiver, signed decisions and
+Lambda's context are in ``wardgate_testkit``).
 
 Lambda *invoke*, Cloud Functions and the Azure Functions host need Docker or the cloud, so the tests
 call the entry points directly, with the event each platform would build from the emulator's message.
@@ -8,110 +9,17 @@ call the entry points directly, with the event each platform would build from th
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
-import sys
-import threading
 import time
 import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlencode
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `functions` lives at the repository root
-    sys.path.insert(0, str(REPO_ROOT))
-
-from wardgate.approvals.notify import sign_body  # noqa: E402
-
-
-# --- the chat platform's side -----------------------------------------------------------------------
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """Answers each POST with the next scripted status (then 200) and keeps what it got."""
-
-    url: str
-    statuses: list[int] = field(default_factory=list)
-    received: list[Received] = field(default_factory=list)
-
-
-@contextmanager
-def start_receiver() -> Iterator[Receiver]:
-    state = Receiver(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            state.received.append(Received(self.path, dict(self.headers), body))
-            status = state.statuses.pop(0) if state.statuses else 200
-            self.send_response(status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def generic_signed(secret: bytes, payload: Mapping[str, Any], now: float | None = None) -> tuple[bytes, dict[str, str]]:
-    """A generic-webhook decision as an approver's tool sends it (HMAC over "<timestamp>.<body>")."""
-    body = json.dumps(payload).encode()
-    timestamp = str(int(now if now is not None else time.time()))
-    return body, {"Content-Type": "application/json", "X-Wardgate-Timestamp": timestamp,
-                  "X-Wardgate-Signature": sign_body(secret, timestamp, body)}
-
-
-def slack_signed(secret: bytes, user: str, value: str) -> tuple[bytes, dict[str, str]]:
-    """A Slack block_actions interaction (form-encoded ``payload``), signed as Slack signs it."""
-    payload = {"type": "block_actions", "user": {"id": user, "username": user},
-               "actions": [{"action_id": "wardgate_approve", "value": value}]}
-    body = urlencode({"payload": json.dumps(payload)}).encode()
-    timestamp = str(int(time.time()))
-    signature = "v0=" + hmac.new(secret, b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return body, {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": timestamp,
-                  "X-Slack-Signature": signature}
+from wardgate_testkit import REPO_ROOT  # noqa: F401  (also puts the repository root on sys.path)
 
 
 # --- AWS Lambda ---------------------------------------------------------------------------------------
-
-@dataclass
-class LambdaContext:
-    """The attributes of Lambda's context object that powertools reads."""
-
-    function_name: str = "wardgate-test"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:wardgate-test"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
-
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str = "us-east-1") -> dict[str, Any]:
     """The Lambda SQS event the event source mapping builds from messages SQS returned
@@ -231,3 +139,68 @@ def ship_small_trail(audit_url: str, signer_url: str, workdir: Path) -> None:
     spool.close()  # seals the segment: digest signed with the key, public key exported into keys/
     report = AuditArchive(spool.directory, adapters.open_object_store(audit_url)).ship_once()
     assert report.error is None and any(name.endswith(".digest.json") for name in report.shipped), report
+
+
+# --- the approval functions' settings, as each cloud's Pulumi program sets them ------------------------
+
+ISSUER = "https://idp.example.test"
+
+
+def _dana_the_dba(channel_user: str, issuer: str) -> str:
+    return json.dumps({channel_user: {"issuer": issuer, "subject": "dana", "groups": ["dba"]}})
+
+
+def aws_function_settings(urls: Mapping[str, str], prefix: str, issuer: str = ISSUER) -> dict[str, str]:
+    """The Lambda environment (generic channel; signing secret and webhook URL in Secrets Manager under
+    ``<prefix>/signing`` and ``<prefix>/webhook-url``); the approver ``generic:dana`` is a dba."""
+    return {
+        "WARDGATE_APPROVALS_QUEUE": urls["queue"], "WARDGATE_DECISION_STORE": urls["decision_store"],
+        "WARDGATE_APPROVAL_CHANNEL": "generic", "WARDGATE_APPROVER_GROUPS": "dba",
+        "WARDGATE_SIGNING_SECRET": f"aws-sm://{prefix}/signing?region=us-east-1",
+        "WARDGATE_WEBHOOK_URL_SECRET": f"aws-sm://{prefix}/webhook-url?region=us-east-1",
+        "WARDGATE_WEBHOOK_ENDPOINT": "https://abc123.lambda-url.us-east-1.on.aws",
+        "WARDGATE_APPROVER_IDENTITIES": _dana_the_dba("generic:dana", issuer),
+        "WARDGATE_AUDIT_STORE": urls["audit_bucket"],
+        "WARDGATE_EVIDENCE_STORE": urls["audit_bucket"].replace("/audit?", "/evidence?"),
+        "WARDGATE_SIGNER": urls["signer"],
+    }
+
+
+def azure_function_settings(urls: Mapping[str, str], stem: str, vault: str, issuer: str = ISSUER) -> dict[str, str]:
+    """The Function App's settings (Slack channel; signing secret and webhook URL in ``vault`` as
+    ``<stem>-signing`` and ``<stem>-webhook-url``); the approver ``slack:U0DANA`` is a dba."""
+    return {
+        "WARDGATE_APPROVALS_QUEUE_NAME": f"{stem}-approvals", "WARDGATE_APPROVALS_QUEUE": urls["queue"],
+        "WARDGATE_DECISION_STORE": urls["decision_store"], "WARDGATE_APPROVAL_CHANNEL": "slack",
+        "WARDGATE_APPROVER_GROUPS": "dba", "WARDGATE_SIGNING_SECRET": f"azure-kv://{vault}/{stem}-signing",
+        "WARDGATE_WEBHOOK_URL_SECRET": f"azure-kv://{vault}/{stem}-webhook-url",
+        "WEBSITE_HOSTNAME": "wardgate-fn.azurewebsites.net",
+        "WARDGATE_APPROVER_IDENTITIES": _dana_the_dba("slack:U0DANA", issuer),
+        "WARDGATE_AUDIT_STORE": urls["audit_bucket"],
+        "WARDGATE_EVIDENCE_STORE": urls["audit_bucket"].replace("/audit?", "/evidence?"),
+        "WARDGATE_SIGNER": urls["signer"],
+    }
+
+
+def set_env(monkeypatch: Any, settings: Mapping[str, str]) -> None:
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+
+
+# --- a held request, as a gateway puts it on the cloud's queue ----------------------------------------
+
+
+def hold_statement(urls: Mapping[str, str], statement: str) -> Any:
+    """An agent's ``statement`` held for a dba through the cloud's decision store and queue (what the
+    gateway does when its policy holds a write); returns the approval request."""
+    from wardgate import adapters
+    from wardgate.approvals.records import command_hash
+    from wardgate.approvals.service import ApprovalService
+    from wardgate.core.model import Principal
+
+    service = ApprovalService(adapters.open_decision_store(urls["decision_store"]),
+                              adapters.open_queue(urls["queue"]), roles_of=lambda p: set(p.groups))
+    return service.request_statement(
+        Principal(ISSUER, "agent-7", ("ai-agents",)), session_id="s-1", resource="orders-prod",
+        statement=statement, parameters=[], command_hash=command_hash(statement, []), rule="review-prod-changes",
+        controls=["AC-3"], approvers=["dba"], quorum=1, scope="statement", scope_seconds=None, timeout_seconds=600)

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from functions_helpers import generic_signed
+from wardgate_testkit import generic_signed
 
 from functions.approval.handler import ApprovalFunction, ApprovalSettings, SettingsError, approval_function
 from wardgate.adapters.local import MemoryQueue, SqliteDecisionStore

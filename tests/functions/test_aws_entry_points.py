@@ -13,80 +13,41 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
 
-from functions_helpers import (LambdaContext, function_url_event, generic_signed, scheduled_event, ship_small_trail,
-                              sqs_event)
+from functions_helpers import (aws_function_settings, function_url_event, hold_statement, scheduled_event, set_env,
+                              ship_small_trail, sqs_event)
+from wardgate_testkit import LambdaContext, generic_signed
 
 from wardgate import adapters
-from wardgate.approvals.records import command_hash, outcome_key
-from wardgate.approvals.service import ApprovalService
-from wardgate.core.model import Principal
+from wardgate.approvals.records import outcome_key
 from wardgate.devtools.localcloud.aws import AwsLocalCloud
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("aws_env")]
 
-ISSUER = "https://idp.example.test"
 SECRET = "aws-signing-secret-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory) -> Iterator[AwsLocalCloud]:
-    local = AwsLocalCloud(tmp_path_factory.mktemp("aws"))
-    env = local.start()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-                patch.delenv(name, raising=False)
-            patch.setenv("AWS_CONFIG_FILE", "/dev/null")
-            patch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            for name, value in env.items():
-                patch.setenv(name, value)
-            yield local
-    finally:
-        local.stop()
-
-
 @pytest.fixture
-def deployed(cloud, monkeypatch, receiver) -> dict[str, str]:
+def deployed(aws_cloud, monkeypatch, receiver) -> dict[str, str]:
     """Fresh resources and the function settings the AWS program would set."""
     prefix = f"fn{uuid.uuid4().hex[:8]}"
-    urls = cloud.provision(prefix)
-    secrets = cloud.client("secretsmanager")
+    urls = aws_cloud.provision(prefix)
+    secrets = aws_cloud.client("secretsmanager")
     secrets.create_secret(Name=f"{prefix}/signing", SecretString=SECRET)
     secrets.create_secret(Name=f"{prefix}/webhook-url", SecretString=receiver.url)
-    settings = {
-        "WARDGATE_APPROVALS_QUEUE": urls["queue"], "WARDGATE_DECISION_STORE": urls["decision_store"],
-        "WARDGATE_APPROVAL_CHANNEL": "generic", "WARDGATE_APPROVER_GROUPS": "dba",
-        "WARDGATE_SIGNING_SECRET": f"aws-sm://{prefix}/signing?region=us-east-1",
-        "WARDGATE_WEBHOOK_URL_SECRET": f"aws-sm://{prefix}/webhook-url?region=us-east-1",
-        "WARDGATE_WEBHOOK_ENDPOINT": "https://abc123.lambda-url.us-east-1.on.aws",
-        "WARDGATE_APPROVER_IDENTITIES": json.dumps({"generic:dana": {"issuer": ISSUER, "subject": "dana",
-                                                                     "groups": ["dba"]}}),
-        "WARDGATE_AUDIT_STORE": urls["audit_bucket"],
-        "WARDGATE_EVIDENCE_STORE": urls["audit_bucket"].replace("/audit?", "/evidence?"),
-        "WARDGATE_SIGNER": urls["signer"],
-    }
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)
+    set_env(monkeypatch, aws_function_settings(urls, prefix))
     return {**urls, "prefix": prefix}
 
 
 def hold(urls: dict[str, str]):
-    service = ApprovalService(adapters.open_decision_store(urls["decision_store"]),
-                              adapters.open_queue(urls["queue"]), roles_of=lambda p: set(p.groups))
-    statement = "DELETE FROM orders WHERE id = 7"
-    return service.request_statement(
-        Principal(ISSUER, "agent-7", ("ai-agents",)), session_id="s-1", resource="orders-prod",
-        statement=statement, parameters=[], command_hash=command_hash(statement, []), rule="review-prod-changes",
-        controls=["AC-3"], approvers=["dba"], quorum=1, scope="statement", scope_seconds=None, timeout_seconds=600)
+    return hold_statement(urls, "DELETE FROM orders WHERE id = 7")
 
 
-def receive_raw(cloud: AwsLocalCloud, queue_name: str, count: int) -> tuple[str, list[dict]]:
-    sqs = cloud.client("sqs")
+def receive_raw(aws_cloud: AwsLocalCloud, queue_name: str, count: int) -> tuple[str, list[dict]]:
+    sqs = aws_cloud.client("sqs")
     queue_url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
     messages: list[dict] = []
     for _ in range(10):
@@ -98,16 +59,16 @@ def receive_raw(cloud: AwsLocalCloud, queue_name: str, count: int) -> tuple[str,
     return queue_url, messages
 
 
-def test_a_poison_record_is_a_batch_item_failure_and_ends_in_the_dead_letter_queue(cloud, deployed, receiver):
+def test_a_poison_record_is_a_batch_item_failure_and_ends_in_the_dead_letter_queue(aws_cloud, deployed, receiver):
     from functions.approval import aws
 
     request = hold(deployed)
-    sqs = cloud.client("sqs")
+    sqs = aws_cloud.client("sqs")
     name = f"{deployed['prefix']}-approvals"
     queue_url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sqs.send_message(QueueUrl=queue_url, MessageBody="this is not an approval request")
-    _, messages = receive_raw(cloud, name, 2)
+    _, messages = receive_raw(aws_cloud, name, 2)
     assert len(messages) == 2
     poison_id = next(m["MessageId"] for m in messages if m["Body"].startswith("this is not"))
 
@@ -125,7 +86,7 @@ def test_a_poison_record_is_a_batch_item_failure_and_ends_in_the_dead_letter_que
             sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"],
                                           VisibilityTimeout=0)
     for delivery in (2, 3):
-        _, [again] = receive_raw(cloud, name, 1)
+        _, [again] = receive_raw(aws_cloud, name, 1)
         assert again["Attributes"]["ApproximateReceiveCount"] == str(delivery)
         assert aws.notifier(sqs_event([again], arn), LambdaContext())["batchItemFailures"] == [
             {"itemIdentifier": poison_id}]
@@ -155,7 +116,7 @@ def test_the_function_url_webhook_records_a_signed_decision_in_dynamodb(deployed
     assert missing["statusCode"] == 404
 
 
-def test_the_scheduled_export_writes_a_signed_package_into_the_object_lock_bucket(cloud, deployed, tmp_path):
+def test_the_scheduled_export_writes_a_signed_package_into_the_object_lock_bucket(aws_cloud, deployed, tmp_path):
     """A small trail sealed by the real spool with the KMS key and shipped by the real archive."""
     from functions.evidence_export import aws
 
@@ -164,9 +125,10 @@ def test_the_scheduled_export_writes_a_signed_package_into_the_object_lock_bucke
     result = aws.handler(scheduled_event(f"{day}T03:00:00Z", {"period": day}), LambdaContext())
     assert result["status"] == "written" and result["period"] == day
     bucket = f"{deployed['prefix']}-audit"
-    keys = sorted(o["Key"] for o in cloud.client("s3").list_objects_v2(Bucket=bucket, Prefix="evidence/")["Contents"])
+    s3 = aws_cloud.client("s3")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="evidence/")["Contents"])
     assert keys == [f"evidence/{day}/{n}" for n in ("evidence.json", "manifest.json",
                                                      "oscal-assessment-results.json", "report.html")]
-    manifest = json.loads(cloud.client("s3").get_object(Bucket=bucket, Key=f"evidence/{day}/manifest.json")["Body"].read())
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"evidence/{day}/manifest.json")["Body"].read())
     assert manifest["algorithm"] == "ECDSA_P256_SHA256" and manifest["signature"]
     assert aws.handler(scheduled_event(f"{day}T03:00:00Z", {"period": day}), LambdaContext())["status"] == "unchanged"

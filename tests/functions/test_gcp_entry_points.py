@@ -15,48 +15,32 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
 
-from functions_helpers import REPO_ROOT, generic_signed, pubsub_push_body, ship_small_trail
+from functions_helpers import ISSUER, hold_statement, pubsub_push_body, ship_small_trail
+from wardgate_testkit import framework_client, generic_signed
 
 from wardgate import adapters
-from wardgate.approvals.records import command_hash, outcome_key
-from wardgate.approvals.service import ApprovalService
-from wardgate.core.model import Principal
+from wardgate.approvals.records import outcome_key
 from wardgate.devtools.harness import wait_for
 from wardgate.devtools.localcloud.gcp import GcpLocalCloud
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("gcp_env")]
 
-ISSUER = "https://idp.example.test"
 SECRET = "gcp-signing-secret-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory) -> Iterator[GcpLocalCloud]:
-    local = GcpLocalCloud(tmp_path_factory.mktemp("gcp"))
-    env = local.start()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
-            yield local
-    finally:
-        local.stop()
-
-
 @pytest.fixture
-def deployed(cloud, monkeypatch, receiver) -> dict[str, str]:
+def deployed(gcp_cloud, monkeypatch, receiver) -> dict[str, str]:
     stem = "t" + uuid.uuid4().hex[:8]
-    urls = {"queue": cloud.create_queue(f"{stem}-approvals", max_delivery_attempts=5),
-            "decision_store": f"firestore://{cloud.project}/{stem}-decisions",
-            "audit_bucket": cloud.create_bucket(f"{stem}-audit"),
-            "signer": cloud.create_signing_key(f"{stem}-ring", "audit-signing"),
-            "signing": cloud.create_secret(f"{stem}-signing", SECRET),
-            "hook": cloud.create_secret(f"{stem}-webhook-url", receiver.url)}
+    urls = {"queue": gcp_cloud.create_queue(f"{stem}-approvals", max_delivery_attempts=5),
+            "decision_store": f"firestore://{gcp_cloud.project}/{stem}-decisions",
+            "audit_bucket": gcp_cloud.create_bucket(f"{stem}-audit"),
+            "signer": gcp_cloud.create_signing_key(f"{stem}-ring", "audit-signing"),
+            "signing": gcp_cloud.create_secret(f"{stem}-signing", SECRET),
+            "hook": gcp_cloud.create_secret(f"{stem}-webhook-url", receiver.url)}
     settings = {
         "WARDGATE_DECISION_STORE": urls["decision_store"], "WARDGATE_APPROVAL_CHANNEL": "generic",
         "WARDGATE_APPROVER_GROUPS": "dba", "WARDGATE_SIGNING_SECRET": urls["signing"],
@@ -72,25 +56,11 @@ def deployed(cloud, monkeypatch, receiver) -> dict[str, str]:
     return {**urls, **settings, "stem": stem}
 
 
-def framework_client(unit: str, target: str, signature: str):
-    import functions_framework
-
-    app = functions_framework.create_app(target=target, source=str(REPO_ROOT / "functions" / unit / "gcp.py"),
-                                         signature_type=signature)
-    return app.test_client()
-
-
 def hold(urls: dict[str, str]):
-    service = ApprovalService(adapters.open_decision_store(urls["decision_store"]),
-                              adapters.open_queue(urls["queue"]), roles_of=lambda p: set(p.groups))
-    statement = "UPDATE orders SET state = 'void' WHERE id = 9"
-    return service.request_statement(
-        Principal(ISSUER, "agent-7", ("ai-agents",)), session_id="s-1", resource="orders-prod",
-        statement=statement, parameters=[], command_hash=command_hash(statement, []), rule="review-prod-changes",
-        controls=["AC-3"], approvers=["dba"], quorum=1, scope="statement", scope_seconds=None, timeout_seconds=600)
+    return hold_statement(urls, "UPDATE orders SET state = 'void' WHERE id = 9")
 
 
-def pull(cloud: GcpLocalCloud, subscription: str, count: int = 1) -> list:
+def pull(gcp_cloud: GcpLocalCloud, subscription: str, count: int = 1) -> list:
     from google import pubsub_v1
     from google.auth.credentials import AnonymousCredentials
 
@@ -111,10 +81,10 @@ def nack(subscription: str, ack_id: str) -> None:
         subscription=subscription, ack_ids=[ack_id], ack_deadline_seconds=0)
 
 
-def test_a_pushed_request_is_posted_and_a_poison_push_fails_until_it_is_dead_lettered(cloud, deployed, receiver):
+def test_a_pushed_request_is_posted_and_a_poison_push_fails_until_it_is_dead_lettered(gcp_cloud, deployed, receiver):
     request = hold(deployed)
-    subscription = f"projects/{cloud.project}/subscriptions/{deployed['stem']}-approvals-sub"
-    [received] = pull(cloud, subscription)
+    subscription = f"projects/{gcp_cloud.project}/subscriptions/{deployed['stem']}-approvals-sub"
+    [received] = pull(gcp_cloud, subscription)
     client = framework_client("approval", "notifier", "cloudevent")
     answer = client.post("/", json=pubsub_push_body(received, subscription))
     assert answer.status_code == 200, answer.data
@@ -123,7 +93,7 @@ def test_a_pushed_request_is_posted_and_a_poison_push_fails_until_it_is_dead_let
 
     adapters.open_queue(deployed["queue"]).send(b"not an approval request")
     for attempt in range(1, 6):
-        [poison] = pull(cloud, subscription)
+        [poison] = pull(gcp_cloud, subscription)
         assert poison.delivery_attempt == attempt
         assert client.post("/", json=pubsub_push_body(poison, subscription)).status_code == 500
         nack(subscription, poison.ack_id)  # what a non-2xx push answer means to Pub/Sub
@@ -148,13 +118,13 @@ def test_the_http_webhook_records_a_decision_in_firestore(deployed):
     assert unsigned.status_code == 401 and "not signed" in unsigned.get_json()["error"]
 
 
-def test_the_scheduler_cloud_event_exports_the_day_into_gcs(cloud, deployed, tmp_path):
+def test_the_scheduler_cloud_event_exports_the_day_into_gcs(gcp_cloud, deployed, tmp_path):
     ship_small_trail(deployed["WARDGATE_AUDIT_STORE"], deployed["signer"], tmp_path)
     day = datetime.now(timezone.utc).date().isoformat()
     client = framework_client("evidence_export", "export", "cloudevent")
     push = {"message": {"data": base64.b64encode(json.dumps({"period": day}).encode()).decode(),
                         "messageId": "4242", "publishTime": f"{day}T03:00:00Z", "attributes": {}},
-            "subscription": f"projects/{cloud.project}/subscriptions/evidence-export"}
+            "subscription": f"projects/{gcp_cloud.project}/subscriptions/evidence-export"}
     assert client.post("/", json=push).status_code == 200
     store = adapters.open_object_store(deployed["WARDGATE_EVIDENCE_STORE"])
     assert store.list(f"{day}/") == [f"{day}/{n}" for n in ("evidence.json", "manifest.json",

@@ -12,8 +12,6 @@ verifies, and ``wardgate replay`` shows who approved the held statement and the 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import os
@@ -32,6 +30,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 from psycopg import errors
+from wardgate_testkit import cli_as, inserted
 
 from wardgate.cli import main as wardgate_main
 from wardgate.core.audit import read_segment
@@ -68,22 +67,6 @@ def _policy_bundle() -> dict[str, Any]:
     bundle["rules"].insert(0, {"name": "jit-writers", "effect": "allow", "roles": ["writer"],
                                "environments": ["production"], "when": {"classes": ["read", "write"]}})
     return bundle
-
-
-def _cli(gw: GatewayThread, token: str, *args: str) -> tuple[int, str]:
-    """``wardgate approvals|access …`` as a person runs it (token from the environment): exit code, stdout."""
-    old = os.environ.get("WARDGATE_TOKEN")
-    os.environ["WARDGATE_TOKEN"] = token
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            code = wardgate_main([*args, "--url", gw.control_url])
-    finally:
-        if old is None:
-            os.environ.pop("WARDGATE_TOKEN", None)
-        else:
-            os.environ["WARDGATE_TOKEN"] = old
-    return code, out.getvalue()
 
 
 class Recording:
@@ -147,8 +130,8 @@ def drive(gw: GatewayThread, postgres: Any, policy_file: Path) -> Recording:
         runner.start()
         wait_for(lambda: any(HELD.search(n) for n in notices), "the held-for-approval notice", timeout=20)
         approved = next(HELD.search(n).group(1) for n in notices if HELD.search(n))
-        assert _cli(gw, gw.token("dana", groups=("dba",)), "approvals", "approve", approved,
-                    "--reason", "planned backfill")[0] == 0
+        assert cli_as(gw, gw.token("dana", groups=("dba",)), "approvals", "approve", approved,
+                     "--reason", "planned backfill")[0] == 0
         runner.join(30)
         assert outcome.get("result") == 1
         # The next write is held too, and denied by another DBA.
@@ -157,22 +140,22 @@ def drive(gw: GatewayThread, postgres: Any, policy_file: Path) -> Recording:
         refused.start()
         wait_for(lambda: len({m.group(1) for m in map(HELD.search, notices) if m}) == 2, "the second hold")
         denied = next(m.group(1) for m in map(HELD.search, notices) if m and m.group(1) != approved)
-        assert _cli(gw, gw.token("olga", groups=("dba",)), "approvals", "deny", denied,
-                    "--reason", "not during the freeze")[0] == 0
+        assert cli_as(gw, gw.token("olga", groups=("dba",)), "approvals", "deny", denied,
+                     "--reason", "not during the freeze")[0] == 0
         refused.join(30)
         assert "denied by olga" in outcome.get("denied", "")
 
     # A contractor gets the writer role just in time; it lapses mid-session.
     contractor = gw.token("devon", groups=("contractors",))
-    code, out = _cli(gw, contractor, "access", "request", "--resource", PROD, "--role", "writer",
-                     "--duration", "2s", "--reason", "hotfix INC-42")
+    code, out = cli_as(gw, contractor, "access", "request", "--resource", PROD, "--role", "writer",
+                      "--duration", "2s", "--reason", "hotfix INC-42")
     assert code == 0, out
     grant = re.search(r"\bapr-[0-9a-f]{20}\b", out).group(0)
     with psycopg.connect(gw.dsn(contractor, PROD), autocommit=True) as conn:
-        assert _cli(gw, gw.token("dana", groups=("dba",)), "approvals", "approve", grant)[0] == 0
+        assert cli_as(gw, gw.token("dana", groups=("dba",)), "approvals", "approve", grant)[0] == 0
         ids = itertools.count(100)
-        wait_for(lambda: _inserted(conn, table, next(ids)), "the grant to take effect", timeout=10)
-        wait_for(lambda: not _inserted(conn, table, next(ids)), "the grant to expire", timeout=10, interval=0.5)
+        wait_for(lambda: inserted(conn, table, next(ids)), "the grant to take effect", timeout=10)
+        wait_for(lambda: not inserted(conn, table, next(ids)), "the grant to expire", timeout=10, interval=0.5)
 
     # A backend credential the server refuses: fetched again once, then the connection is refused.
     with pytest.raises(psycopg.OperationalError, match="cannot connect to resource"):
@@ -206,14 +189,6 @@ def _refusal(conn: psycopg.Connection, sql: str) -> str:
     except errors.InsufficientPrivilege as exc:
         return str(exc)
     return "not refused"
-
-
-def _inserted(conn: psycopg.Connection, table: str, value: int) -> bool:
-    try:
-        conn.execute(f"INSERT INTO {table} (id) VALUES ({value})")
-        return True
-    except errors.InsufficientPrivilege:
-        return False
 
 
 def start_gateway(postgres: Any, directory: Path) -> tuple[GatewayThread, Path]:

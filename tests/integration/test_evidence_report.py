@@ -19,8 +19,6 @@ A second gateway that allows plaintext tokens on loopback shows how SC-8 treats 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -35,8 +33,8 @@ import psycopg
 import pytest
 import yaml
 from psycopg import errors
+from wardgate_testkit import cli_as, inserted
 
-from wardgate.cli import main as wardgate_main
 from wardgate.devtools.harness import GatewayThread, wait_for
 from wardgate.evidence import CONTROLS, export_evidence
 
@@ -46,22 +44,6 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "policies" / "ai-agent-default" / "policy.yaml"
 PROD, DEV = "orders-prod", "orders-dev"
 HELD = re.compile(r"held for approval \(request (\S+), rule ([^)]+)\)")
-
-
-def _cli(gw: GatewayThread, token: str, *args: str) -> tuple[int, str]:
-    """``wardgate approvals|access …`` as a person runs it, token from the environment."""
-    old = os.environ.get("WARDGATE_TOKEN")
-    os.environ["WARDGATE_TOKEN"] = token
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            code = wardgate_main([*args, "--url", gw.control_url])
-    finally:
-        if old is None:
-            os.environ.pop("WARDGATE_TOKEN", None)
-        else:
-            os.environ["WARDGATE_TOKEN"] = old
-    return code, out.getvalue()
 
 
 class HeldStatement:
@@ -133,13 +115,13 @@ def record(gw: GatewayThread, postgres: Any) -> Recorded:
         conn.add_notice_handler(lambda d: notices.append(d.message_primary))
         held = HeldStatement(conn, notices, f"INSERT INTO {table} VALUES (3, 'x@example.com', NULL)")
         requests["approved"] = held.request_id()
-        assert _cli(gw, dba("dana"), "approvals", "approve", requests["approved"],
-                    "--reason", "planned backfill")[0] == 0
+        assert cli_as(gw, dba("dana"), "approvals", "approve", requests["approved"],
+                     "--reason", "planned backfill")[0] == 0
         assert held.result().get("rows") == 1
         held = HeldStatement(conn, notices, f"INSERT INTO {table} VALUES (4, NULL, NULL)")
         requests["denied"] = held.request_id()
-        assert _cli(gw, dba("olga"), "approvals", "deny", requests["denied"],
-                    "--reason", "not during the freeze")[0] == 0
+        assert cli_as(gw, dba("olga"), "approvals", "deny", requests["denied"],
+                     "--reason", "not during the freeze")[0] == 0
         assert "denied by olga" in str(held.result().get("error"))
         held = HeldStatement(conn, notices, f"INSERT INTO {table} VALUES (5, NULL, NULL)")
         requests["withdrawn"] = held.request_id()
@@ -148,14 +130,14 @@ def record(gw: GatewayThread, postgres: Any) -> Recorded:
 
     # A contractor's just-in-time grant of the writer role, approved by a DBA.
     contractor = gw.token("devon", groups=("contractors",))
-    code, out = _cli(gw, contractor, "access", "request", "--resource", PROD, "--role", "writer",
-                     "--duration", "10m", "--reason", "hotfix INC-42")
+    code, out = cli_as(gw, contractor, "access", "request", "--resource", PROD, "--role", "writer",
+                      "--duration", "10m", "--reason", "hotfix INC-42")
     assert code == 0, out
     requests["grant"] = re.search(r"\bapr-[0-9a-f]{20}\b", out).group(0)
-    assert _cli(gw, dba("dana"), "approvals", "approve", requests["grant"])[0] == 0
+    assert cli_as(gw, dba("dana"), "approvals", "approve", requests["grant"])[0] == 0
     with psycopg.connect(gw.dsn(contractor, PROD), autocommit=True) as conn:
         ids = iter(range(100, 1000))
-        wait_for(lambda: _inserted(conn, table, next(ids)), "the grant to take effect", timeout=10)
+        wait_for(lambda: inserted(conn, table, next(ids)), "the grant to take effect", timeout=10)
 
     sessions = {
         "bad_token": _events(gw, "session.authentication_failed")[0]["session"],
@@ -168,14 +150,6 @@ def record(gw: GatewayThread, postgres: Any) -> Recorded:
     trail = Path(gw.gateway.recorder.spool.directory)
     gw.stop()  # every session ends, the last segment is sealed
     return Recorded(gw, trail, table, requests, sessions)
-
-
-def _inserted(conn: psycopg.Connection, table: str, value: int) -> bool:
-    try:
-        conn.execute(f"INSERT INTO {table} (id) VALUES ({value})")
-        return True
-    except errors.InsufficientPrivilege:
-        return False
 
 
 def _bundle_with_writer_role(directory: Path) -> Path:

@@ -1,5 +1,6 @@
-"""Fixtures for the key-rotation tests: role pairs in the session's real PostgreSQL, moto_server for
-Secrets Manager, and a scratch directory clients can read."""
+"""Fixtures for the key-rotation tests: role pairs in the session's real PostgreSQL and a scratch
+directory clients can read (Secrets Manager is the session's moto_server: ``aws_cloud``/``aws_env``
+from ``cloud_fixtures``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import pytest
 from rotation_helpers import RolePair
 
 from functions.key_rotation.handler import setup_sql
-from wardgate.devtools.localcloud.aws import AwsLocalCloud
 
 
 def _literal(value: str) -> str:
@@ -44,29 +44,6 @@ def make_role_pair(postgres) -> Iterator[Callable[[], RolePair]]:
             admin.execute(f'DROP DATABASE IF EXISTS "{pair.database}" WITH (FORCE)')
             for role in (pair.alternate, pair.username):
                 admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-
-
-@pytest.fixture(scope="module")
-def aws_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsLocalCloud]:
-    cloud = AwsLocalCloud(tmp_path_factory.mktemp("aws-rotation"))
-    cloud.start()
-    try:
-        yield cloud
-    finally:
-        cloud.stop()
-
-
-@pytest.fixture
-def aws_env(aws_cloud: AwsLocalCloud, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """boto3 (the function's and the gateway's) pointed at moto_server for this test only."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-    env = aws_cloud.env()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
 
 
 @pytest.fixture

@@ -4,17 +4,12 @@ directories' helpers)."""
 from __future__ import annotations
 
 import json
-import sys
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `functions` lives at the repository root, outside the package
-    sys.path.insert(0, str(REPO_ROOT))
+from wardgate_testkit import LambdaContext  # also puts the repository root (`functions`) on sys.path
 
 from functions.key_rotation.handler import ROTATION_RESOURCES_ENV  # noqa: E402
 
@@ -63,14 +58,6 @@ def enable_rotation(aws_cloud, name: str) -> None:
                                                      RotateImmediately=False)
 
 
-@dataclass
-class LambdaContext:
-    """What the Lambda runtime passes as ``context`` (the fields powertools' logger reads)."""
-
-    function_name: str = "wardgate-key-rotation"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:wardgate-key-rotation"
-    aws_request_id: str = ""
-
-    def __post_init__(self) -> None:
-        self.aws_request_id = self.aws_request_id or str(uuid.uuid4())
+def rotation_context() -> LambdaContext:
+    """What the Lambda runtime passes the rotation function as ``context``."""
+    return LambdaContext(function_name="wardgate-key-rotation")

@@ -18,7 +18,7 @@ import pytest
 
 from functions.key_rotation import aws as rotation_aws
 from functions.key_rotation.handler import RotationError, SETUP_SCHEMA
-from rotation_helpers import STEPS, LambdaContext, can_login, enable_rotation, set_targets, target_spec
+from rotation_helpers import STEPS, can_login, enable_rotation, rotation_context, set_targets, target_spec
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,12 +38,12 @@ def _rotate(aws_cloud, name: str, *, repeat: int = 1) -> str:
     token = str(uuid.uuid4())
     for step in STEPS:
         for _ in range(repeat):
-            rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": step}, LambdaContext())
+            rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": step}, rotation_context())
     return token
 
 
 def _retire(name: str) -> None:
-    rotation_aws.handler({"SecretId": name, "Step": "retirePrevious"}, LambdaContext())
+    rotation_aws.handler({"SecretId": name, "Step": "retirePrevious"}, rotation_context())
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_every_step_is_idempotent(rotated_secret, aws_cloud, postgres):
     assert can_login(postgres, pair.database, pair.alternate, current["password"])
     # A late retry of any step after the rotation finished changes nothing.
     for step in STEPS:
-        rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": step}, LambdaContext())
+        rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": step}, rotation_context())
     assert _value(aws_cloud, name) == current
 
 
@@ -140,7 +140,7 @@ def test_a_secret_not_in_the_settings_is_refused(aws_env, aws_cloud, monkeypatch
     token = str(uuid.uuid4())
     with pytest.raises(RotationError, match="WARDGATE_ROTATION_RESOURCES has no entry for this secret"):
         rotation_aws.handler({"SecretId": f"rot/other-{pair.username}", "ClientRequestToken": token,
-                              "Step": "createSecret"}, LambdaContext())
+                              "Step": "createSecret"}, rotation_context())
 
 
 def test_a_secret_without_rotation_enabled_is_refused(aws_env, aws_cloud, postgres, make_role_pair, monkeypatch):
@@ -151,7 +151,7 @@ def test_a_secret_without_rotation_enabled_is_refused(aws_env, aws_cloud, postgr
     set_targets(monkeypatch, {f"aws-sm://{name}": target_spec(postgres, pair)})
     with pytest.raises(RotationError, match="does not have rotation enabled"):
         rotation_aws.handler({"SecretId": name, "ClientRequestToken": "a" * 32, "Step": "createSecret"},
-                             LambdaContext())
+                             rotation_context())
 
 
 def test_a_role_outside_the_pair_is_never_rotated(aws_env, aws_cloud, postgres, make_role_pair, monkeypatch):
@@ -162,13 +162,13 @@ def test_a_role_outside_the_pair_is_never_rotated(aws_env, aws_cloud, postgres, 
     token = str(uuid.uuid4())
     with pytest.raises(RotationError, match=r"names role 'postgres', which is neither"):
         rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": "createSecret"},
-                             LambdaContext())
+                             rotation_context())
 
 
 def test_unknown_step_and_missing_token_are_named(rotated_secret):
     _pair, name, _url = rotated_secret
     with pytest.raises(RotationError, match="unknown Step 'rotateEverything'"):
-        rotation_aws.handler({"SecretId": name, "Step": "rotateEverything"}, LambdaContext())
+        rotation_aws.handler({"SecretId": name, "Step": "rotateEverything"}, rotation_context())
 
 
 def test_without_the_setup_the_error_says_what_to_run(aws_env, aws_cloud, postgres, make_role_pair, monkeypatch):
@@ -179,9 +179,9 @@ def test_without_the_setup_the_error_says_what_to_run(aws_env, aws_cloud, postgr
     url = _secret(aws_cloud, name, pair.username, pair.password)
     set_targets(monkeypatch, {url: target_spec(postgres, pair)})
     token = str(uuid.uuid4())
-    rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": "createSecret"}, LambdaContext())
+    rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": "createSecret"}, rotation_context())
     with pytest.raises(RotationError, match="run the one-time setup"):
-        rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": "setSecret"}, LambdaContext())
+        rotation_aws.handler({"SecretId": name, "ClientRequestToken": token, "Step": "setSecret"}, rotation_context())
     # Nothing was promoted: the gateway's credential is the one it had.
     assert _value(aws_cloud, name) == {"username": pair.username, "password": pair.password}
 

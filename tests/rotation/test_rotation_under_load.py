@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from functions.key_rotation import aws as rotation_aws
-from rotation_helpers import STEPS, LambdaContext, can_login, enable_rotation, set_targets, target_spec
+from rotation_helpers import STEPS, can_login, enable_rotation, rotation_context, set_targets, target_spec
 from wardgate.devtools.harness import GatewayThread, default_test_config
 from wardgate.devtools.pgserver import env_without_libpq, find_pg_binary
 
@@ -30,7 +30,7 @@ REFRESH_SECONDS = 1
 
 def _step(name: str, step: str, token: str | None = None) -> None:
     event = {"SecretId": name, "Step": step, **({"ClientRequestToken": token} if token else {})}
-    rotation_aws.handler(event, LambdaContext())
+    rotation_aws.handler(event, rotation_context())
 
 
 def _rotate(name: str) -> None:

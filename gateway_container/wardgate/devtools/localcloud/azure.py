@@ -66,7 +66,7 @@ class AzureLocalCloud:
                                     "--skipApiVersionCheck", "--loose", "--disableProductStyleUrl"])
             token = secrets.token_urlsafe(24)
             self._spawn("keyvault", [sys.executable, "-m", "wardgate.devtools.localcloud.azure_fakes",
-                                     "--workdir", str(self.state_dir), "--port", str(vault), "--token", token])
+                                     "--workdir", str(self.state_dir), "--port", str(vault), f"--token={token}"])
             for port in (blob, queue, table, vault):
                 self._wait_for_port(port)
         except BaseException:
