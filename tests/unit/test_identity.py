@@ -136,7 +136,8 @@ def issuer(server: JsonServer, rsa_keys) -> Issuer:
 
 def make_verifier(issuer: Issuer, **config: Any) -> TokenVerifier:
     config = {"audience": "wardgate", **config}
-    return TokenVerifier([IssuerConfig(issuer=issuer.url, **config)], http_timeout=2, now=lambda: NOW)
+    # A live loopback server: a generous timeout, so a loaded CI machine does not read as "unavailable".
+    return TokenVerifier([IssuerConfig(issuer=issuer.url, **config)], http_timeout=10, now=lambda: NOW)
 
 
 def refusal(verifier: TokenVerifier, token: str) -> AuthenticationError:
