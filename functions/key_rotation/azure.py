@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-from functions.key_rotation.handler import (Database, Rotation, RotationError, StoredSecret, load_targets,
-                                            now_utc)
+from functions.key_rotation.handler import (Database, PendingInMemory, Rotation, RotationError, StoredSecret,
+                                            load_targets, now_utc)
 from wardgate.adapters.azure import _keyvault_options, _vault_and_names, _vault_url
 
 SCHEDULE_SETTING = "%WARDGATE_ROTATION_SCHEDULE%"
@@ -39,7 +39,7 @@ def secret_client(vault: str) -> Any:
     return SecretClient(_vault_url(vault, "azure-kv"), **_keyvault_options(None))
 
 
-class KeyVaultStore:
+class KeyVaultStore(PendingInMemory):
     """:class:`handler.SecretStore` on one Key Vault secret: ``current`` is its current version; the
     pending value stays in memory until :meth:`promote` sets it as a new version."""
 
@@ -47,7 +47,6 @@ class KeyVaultStore:
         self._client = client
         self._secret = secret
         self.name = url
-        self._pending: StoredSecret | None = None
 
     def _get(self, version: str | None) -> StoredSecret | None:
         try:
@@ -72,14 +71,6 @@ class KeyVaultStore:
 
     def version(self, version_id: str) -> StoredSecret | None:
         return self._get(version_id)
-
-    def pending(self, token: str | None = None) -> StoredSecret | None:
-        if self._pending is None or (token is not None and self._pending.version != token):
-            return None
-        return self._pending
-
-    def put_pending(self, token: str, text: str) -> None:
-        self._pending = StoredSecret(token, text)
 
     def promote(self, token: str) -> None:
         pending = self.pending(token)

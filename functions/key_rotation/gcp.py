@@ -24,8 +24,8 @@ import functions_framework
 import google_crc32c
 from google.api_core import exceptions as api_exceptions
 
-from functions.key_rotation.handler import (Database, Rotation, RotationError, StoredSecret, load_targets,
-                                            now_utc, target_for)
+from functions.key_rotation.handler import (Database, PendingInMemory, Rotation, RotationError, StoredSecret,
+                                            load_targets, now_utc, target_for)
 from wardgate.adapters.gcp import SECRETMANAGER_EMULATOR_ENV
 
 ROTATE_EVENT = "SECRET_ROTATE"
@@ -51,14 +51,13 @@ def secret_manager_client() -> Any:
     return secretmanager_v1.SecretManagerServiceClient()
 
 
-class SecretManagerStore:
+class SecretManagerStore(PendingInMemory):
     """:class:`handler.SecretStore` on one Secret Manager secret: ``current`` is ``latest``; the pending
     value stays in memory until :meth:`promote` adds it as a new version."""
 
     def __init__(self, client: Any, secret: str):
         self._client = client
         self.name = secret  # projects/P/secrets/S
-        self._pending: StoredSecret | None = None
 
     def _access(self, version: str) -> StoredSecret | None:
         try:
@@ -81,14 +80,6 @@ class SecretManagerStore:
 
     def version(self, version_id: str) -> StoredSecret | None:
         return self._access(version_id)
-
-    def pending(self, token: str | None = None) -> StoredSecret | None:
-        if self._pending is None or (token is not None and self._pending.version != token):
-            return None
-        return self._pending
-
-    def put_pending(self, token: str, text: str) -> None:
-        self._pending = StoredSecret(token, text)
 
     def promote(self, token: str) -> None:
         pending = self.pending(token)

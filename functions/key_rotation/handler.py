@@ -319,6 +319,21 @@ class SecretStore(Protocol):
     def disable(self, version_id: str) -> None: ...
 
 
+class PendingInMemory:
+    """``pending`` / ``put_pending`` for stores with no pending stage of their own (Secret Manager, Key
+    Vault): the value is held here between ``put_pending`` and ``promote``, which run in one invocation."""
+
+    _pending: StoredSecret | None = None
+
+    def pending(self, token: str | None = None) -> StoredSecret | None:
+        if self._pending is None or (token is not None and self._pending.version != token):
+            return None
+        return self._pending
+
+    def put_pending(self, token: str, text: str) -> None:
+        self._pending = StoredSecret(token, text)
+
+
 @dataclass
 class Rotation:
     """The steps for one secret and the resource it unlocks."""
