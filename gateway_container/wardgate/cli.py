@@ -142,14 +142,13 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _trail_directory(location: str, command: str) -> Path | None:
     """The audit directory named by DIR or file://DIR, or a local copy of an archive bucket
     (s3://, gs://, azblob://). None, with a message, when it is not one."""
-    from urllib.parse import urlparse
+    from wardgate.core.files import file_url_path
 
     scheme = location.partition("://")[0] if "://" in location else ""
     if scheme and scheme != "file":
         return _downloaded_trail(location, command)
     if location.startswith("file://"):
-        parsed = urlparse(location)
-        location = (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
+        location = file_url_path(location)
     directory = Path(location)
     if not directory.is_dir():
         print(f"wardgate {command}: {location}: not a directory", file=sys.stderr)

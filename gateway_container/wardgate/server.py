@@ -173,7 +173,7 @@ class Gateway:
         resources = {name: self._pg_resource(name, r) for name, r in config.resources.items()
                      if r.protocol == "postgres"}
         cancels = CancelRegistry()
-        masking_key = self._masking_key()
+        masking_key = self._secret(config.masking_key, "masking.key")
         for listener in config.listeners:
             if listener.tls is not None:
                 context = server_ssl_context(listener.tls.cert_file, listener.tls.key_file)
@@ -191,13 +191,6 @@ class Gateway:
             bound = server.sockets[0].getsockname()
             self.listener_addresses.append((bound[0], bound[1]))
         self._ready = True
-
-    def _masking_key(self) -> bytes:
-        if self.config.masking_key:
-            return open_source(self.config.masking_key, "masking").fetch().password.encode()
-        path = self.config.state_dir / "masking.key"
-        create_file_atomically(path, secrets.token_hex(32).encode(), 0o600)  # the first one created wins
-        return path.read_text().strip().encode()
 
     def _pg_resource(self, name: str, resource: ResourceConfig) -> PgResource:
         source = open_source(resource.password, resource.username) if resource.password else None

@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qs, unquote, urlparse
 
-from wardgate.core.files import create_file_atomically
+from wardgate.core.files import create_file_atomically, file_url_path
 from wardgate.core.integrity import LocalEd25519Signer
 from wardgate.core.ports import ObjectExists, QueueMessage, StoreUnavailable
 
 
 def _path_of(url: str) -> Path:
-    parsed = urlparse(url)
-    raw = unquote(parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else unquote(parsed.path)
+    raw = unquote(file_url_path(url))
     if not raw:
         raise ValueError(f"{url!r}: no path")
     return Path(raw).expanduser().absolute()
@@ -55,7 +54,8 @@ class MemoryQueue:
     _registry_lock = threading.Lock()
 
     def __new__(cls, url: str):
-        name = urlparse(url).netloc + urlparse(url).path
+        parsed = urlparse(url)
+        name = parsed.netloc + parsed.path
         with cls._registry_lock:
             existing = cls._registry.get(name)
             if existing is None:

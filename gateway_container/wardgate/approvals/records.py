@@ -23,8 +23,9 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
+from wardgate.core.approval import command_hash  # noqa: F401  (re-exported: one encoding, the gateway's)
 from wardgate.core.model import Principal
 
 STATEMENT = "statement"
@@ -98,25 +99,6 @@ def grant_index_key(requester_key: str, request_id: str) -> str:
 
 def notification_failed_key(request_id: str, delivery: int) -> str:
     return f"notification/{check_id(request_id)}/failed/{int(delivery)}"
-
-
-def command_hash(text: str, params: Sequence[bytes | str | None]) -> str:
-    """SHA-256 (hex) of a statement and its parameters, encoded so that no two different commands
-    share an encoding: every part is length-prefixed, and a NULL parameter is distinct from an empty
-    one. A ``str`` parameter hashes as its UTF-8 bytes (what the backend receives in text format)."""
-    digest = hashlib.sha256(b"wardgate-command-v1\0")
-    body = text.encode("utf-8")
-    digest.update(len(body).to_bytes(8, "big"))
-    digest.update(body)
-    digest.update(len(params).to_bytes(8, "big"))
-    for param in params:
-        if param is None:
-            digest.update(b"\x00")
-            continue
-        data = param.encode("utf-8") if isinstance(param, str) else bytes(param)
-        digest.update(b"\x01" + len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return digest.hexdigest()
 
 
 def rfc3339(seconds: float) -> str:

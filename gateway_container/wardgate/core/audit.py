@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 import orjson
 
-from wardgate.core.files import create_file_atomically
+from wardgate.core.files import create_file_atomically, file_url_path
 from wardgate.core.integrity import (build_digest, digest_path_for, encode_digest,
                                      export_public_key, gateway_of_segment, newest_digest, segment_number)
 from wardgate.core.model import Principal
@@ -273,8 +273,7 @@ def read_segment(path: Path) -> list[bytes]:
 def open_sink(url: str, base_dir: Path, gateway_id: str, *, signer: Any = None) -> FileSpool:
     parsed = urlparse(url)
     if parsed.scheme == "file":
-        raw = (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
-        path = Path(raw)
+        path = Path(file_url_path(url))
         if not path.is_absolute():
             path = (base_dir / path).resolve()
         spool = FileSpool(path, gateway_id, signer=signer)

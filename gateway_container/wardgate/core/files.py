@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlparse
 
 
 def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
@@ -61,3 +62,11 @@ def replace_file_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def file_url_path(url: str) -> str:
+    """The path part of a ``file://`` (or ``sqlite://``) URL as written: ``file:///abs`` gives
+    ``/abs``, and ``file://./rel`` / ``file://rel`` a relative path (the "host" is its first part),
+    which the caller resolves against the directory it is relative to."""
+    parsed = urlparse(url)
+    return (parsed.netloc + parsed.path) if parsed.netloc in ("", ".", "..") else parsed.path
