@@ -13,74 +13,25 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import textwrap
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 
+from small_trail import record_small_session
 from wardgate.cli import main
 from wardgate.core.integrity import LocalEd25519Signer
-from wardgate.devtools.harness import wait_for
 from wardgate.evidence import CONTROLS, export_evidence, verify_manifest
 
 pytestmark = pytest.mark.timeout(180)
 
-POLICY = textwrap.dedent("""
-    version: 1
-    name: evidence-test
-    roles:
-      dev: {match: [{groups: [dev]}]}
-    rules:
-      - name: no-drops
-        effect: deny
-        when: {verbs: ["DROP TABLE"]}
-        message: dropping tables is not allowed here
-      - name: dev-reads
-        effect: allow
-        roles: [dev]
-        when: {classes: [read, transaction, session]}
-        mask: pii
-    masking:
-      pii:
-        columns:
-          - {match: "*.PEOPLE.email", strategy: redact}
-""")
-
 
 @pytest.fixture
 def recorded(postgres, make_gateway):
-    """A gateway whose trail holds one finished session by ``auditor``: 3 allowed statements (one
-    masked: 2 emails), a DROP denied by ``no-drops`` and an unparseable one; then the gateway is
-    stopped so every segment is sealed. Returns (gateway, trail dir, session id, table)."""
-    table = f"people_{uuid.uuid4().hex[:8]}"
-    postgres.run_sql(f"""
-        CREATE TABLE {table} (id int PRIMARY KEY, email text);
-        INSERT INTO {table} VALUES (1, 'a@example.com'), (2, 'b@example.com');
-        GRANT ALL ON {table} TO wardgate_svc;
-    """, dbname="orders")
-    directory = Path(tempfile.mkdtemp(prefix="wardgate-evidence-policy-"))
-    (directory / "policy.yaml").write_text(POLICY.replace("PEOPLE", table))
-    gateway = make_gateway(policy={"file": str(directory / "policy.yaml")})
-    token = gateway.token("auditor", groups=("dev",), ttl=120, repository="acme/app")
-    with psycopg.connect(gateway.dsn(token, "orders-prod"), autocommit=True) as conn:
-        assert conn.execute("SELECT 1").fetchall() == [(1,)]
-        assert len(conn.execute("SELECT generate_series(1, 5)").fetchall()) == 5
-        assert conn.execute(f"SELECT id, email FROM {table} ORDER BY id").fetchall()[0][1] != "a@example.com"
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(f"DROP TABLE {table}")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SELEC 1")
-
-    def ended():
-        for event in gateway.audit_events():
-            if event["type"] == "session.ended" and (event.get("identity") or {}).get("subject") == "auditor":
-                return event["session"]
-        return None
-
-    session = wait_for(ended)
+    """The small session of ``small_trail`` by ``auditor``; then the gateway is stopped so every
+    segment is sealed. Returns (gateway, trail dir, session id, table)."""
+    gateway, session, table = record_small_session(postgres, make_gateway, "auditor", ttl=120)
     trail = Path(gateway.gateway.recorder.spool.directory)
     gateway.stop()  # seals the last segment
     return gateway, trail, session, table

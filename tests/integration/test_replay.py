@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import textwrap
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,61 +20,16 @@ import psycopg
 import pytest
 
 from wardgate.cli import main
+from small_trail import record_small_session
 from wardgate.devtools.harness import GatewayThread, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-POLICY = textwrap.dedent("""
-    version: 1
-    name: replay-test
-    roles:
-      dev: {match: [{groups: [dev]}]}
-    rules:
-      - name: no-drops
-        effect: deny
-        when: {verbs: ["DROP TABLE"]}
-        message: dropping tables is not allowed here
-      - name: dev-reads
-        effect: allow
-        roles: [dev]
-        when: {classes: [read, transaction, session]}
-        mask: pii
-    masking:
-      pii:
-        columns:
-          - {match: "*.PEOPLE.email", strategy: redact}
-""")
 
 
 @pytest.fixture
 def recorded(postgres, make_gateway) -> tuple[GatewayThread, str, str, str]:
     """A gateway, its audit directory, the id of one finished session by ``replayer``, and the table."""
-    table = f"people_{uuid.uuid4().hex[:8]}"
-    postgres.run_sql(f"""
-        CREATE TABLE {table} (id int PRIMARY KEY, email text);
-        INSERT INTO {table} VALUES (1, 'a@example.com'), (2, 'b@example.com');
-        GRANT ALL ON {table} TO wardgate_svc;
-    """, dbname="orders")
-    directory = Path(tempfile.mkdtemp(prefix="wardgate-replay-policy-"))
-    (directory / "policy.yaml").write_text(POLICY.replace("PEOPLE", table))
-    gateway = make_gateway(policy={"file": str(directory / "policy.yaml")})
-    token = gateway.token("replayer", groups=("dev",), repository="acme/app")
-    with psycopg.connect(gateway.dsn(token, "orders-prod"), autocommit=True) as conn:
-        assert conn.execute("SELECT 1").fetchall() == [(1,)]
-        assert len(conn.execute("SELECT generate_series(1, 5)").fetchall()) == 5
-        assert conn.execute(f"SELECT id, email FROM {table} ORDER BY id").fetchall()[0][1] != "a@example.com"
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(f"DROP TABLE {table}")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SELEC 1")
-
-    def ended() -> str | None:
-        for event in gateway.audit_events():
-            if event["type"] == "session.ended" and (event.get("identity") or {}).get("subject") == "replayer":
-                return event["session"]
-        return None
-
-    session = wait_for(ended)
+    gateway, session, table = record_small_session(postgres, make_gateway, "replayer")
     return gateway, str(gateway.gateway.recorder.spool.directory), session, table
 
 
