@@ -91,3 +91,23 @@ def test_bytes_written_without_their_sessions_are_summarized_from_the_segment(tm
     record = orjson.loads(next(directory.glob("*" + DIGEST_SUFFIX)).read_bytes())
     assert record["events"] == 2 and record["sessions"]["sraw"]["last_seq"] == 2
     assert _digests_against_bytes(directory) == 1
+
+
+def test_latest_time_written_before_the_clock_stepped_back_is_kept(tmp_path: Path, monkeypatch) -> None:
+    """Writes: 100..110, then (clock stepped back) 50..60, then 61..70: the segment spans 50..110,
+    although its first line says 100 and its last line 70."""
+    directory = tmp_path / "audit"
+    spool = FileSpool(directory, "gwsum4", segment_bytes=1 << 20, signer=LocalEd25519Signer(tmp_path / "key.pem"))
+    recorder = Recorder(spool)
+    log = SessionLog(recorder, "sruns", {"gateway": "gwsum4", "protocol": "postgres"})
+    base = 1_800_000_000.0
+    for batch in ([100, 105, 110], [50, 55, 60], [61, 65, 70]):
+        clock = iter(base + t for t in batch)
+        monkeypatch.setattr(audit, "_time", lambda: next(clock))
+        for t in batch:
+            log.emit("command.decided", {"t": t})
+        recorder.commit()
+    spool.close()
+    assert _digests_against_bytes(directory) == 1
+    record = orjson.loads(next(directory.glob("*" + DIGEST_SUFFIX)).read_bytes())
+    assert record["first_time"].endswith(":50.000000Z") and record["last_time"].endswith(":01:50.000000Z")

@@ -61,9 +61,14 @@ class SegmentSummary:
     ``seq``, hash of the last line, whether it ended — the fields of
     :func:`wardgate.core.integrity.summarize_segment`), kept by the writer as it writes, so that
     sealing a segment does not parse it again (that cost ~5 µs per event in the sealing thread,
-    competing with the event loop for the GIL)."""
+    competing with the event loop for the GIL).
 
-    __slots__ = ("events", "first_time", "last_time", "sessions", "exact")
+    Time range without reading every line: while event times do not decrease, the first line holds
+    the earliest time and the last line the latest. Where they decrease (the clock stepped back; the
+    recorder flags the write that holds such an event), that write is scanned line by line and the
+    line before it (the end of an increasing run) counts too."""
+
+    __slots__ = ("events", "first_time", "last_time", "sessions", "exact", "_last_data")
 
     def __init__(self) -> None:
         self.events = 0
@@ -71,24 +76,23 @@ class SegmentSummary:
         self.last_time: str | None = None
         self.sessions: dict[str, list] = {}  # session → [first_seq, last_seq, last_hash, ended]
         self.exact = True  # False once bytes were written without their sessions: parse at the seal
+        self._last_data: bytes | None = None  # the latest write: its last line is the latest time so far
 
     def add(self, logs: list[SessionLog], data: bytes, events: int, unordered: bool) -> None:
         """Account for ``data`` (whole lines, ``events`` of them) just written, holding every
-        unwritten event of ``logs``. ``unordered``: some event time in it is earlier than the one
-        appended before it (the clock stepped back), so the first and last lines do not bound it."""
+        unwritten event of ``logs``. ``unordered``: some event in it is earlier than the event
+        appended before it."""
         if not events:
             return
         self.events += events
         if unordered:
-            times = [_line_time(line, 0) for line in data.splitlines()]
-            low, high = min(times), max(times)
-        else:
-            low = _line_time(data, 0)
-            high = _line_time(data, data.rfind(b"\n", 0, len(data) - 1) + 1)
-        if self.first_time is None or low < self.first_time:
-            self.first_time = low
-        if self.last_time is None or high > self.last_time:
-            self.last_time = high
+            if self._last_data is not None:
+                self._fold(_last_line_time(self._last_data))
+            for line in data.splitlines():
+                self._fold(_line_time(line, 0))
+        elif self.first_time is None:
+            self.first_time = _line_time(data, 0)
+        self._last_data = data
         sessions = self.sessions
         for log in logs:
             seq = log.seq
@@ -96,16 +100,29 @@ class SegmentSummary:
             if entry is None:
                 sessions[log.session_id] = entry = [seq - log.unwritten + 1, seq, log.prev_hash, False]
             else:
-                entry[1], entry[2] = seq, log.prev_hash
+                entry[1] = seq
+                entry[2] = log.prev_hash
             if log.ended_seq is not None and log.ended_seq >= entry[0]:
                 entry[3] = True
             log.unwritten = 0
 
+    def _fold(self, time: str) -> None:
+        if self.first_time is None or time < self.first_time:
+            self.first_time = time
+        if self.last_time is None or time > self.last_time:
+            self.last_time = time
+
     def as_dict(self) -> dict[str, Any]:
+        if self._last_data is not None:
+            self._fold(_last_line_time(self._last_data))
         return {"events": self.events, "first_time": self.first_time, "last_time": self.last_time,
                 "sessions": {session: {"first_seq": first, "last_seq": last, "last_hash": last_hash.decode(),
                                        "ended": ended}
                              for session, (first, last, last_hash, ended) in self.sessions.items()}}
+
+
+def _last_line_time(data: bytes) -> str:
+    return _line_time(data, data.rfind(b"\n", 0, len(data) - 1) + 1)
 
 
 def _line_time(data: bytes, start: int) -> str:
