@@ -13,8 +13,8 @@ venv: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when pyproject.toml is newer than the stamp.
-$(STAMP): pyproject.toml setup.py gateway_container/wardgate/protocols/postgres/_rowmask_fast.pyx | $(BIN)/python
+# Reinstall when pyproject.toml, setup.py or a compiled accelerator's source is newer than the stamp.
+$(STAMP): pyproject.toml setup.py $(wildcard gateway_container/wardgate/*/*.pyx gateway_container/wardgate/*/*/*.pyx) | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
@@ -33,11 +33,11 @@ bench: venv
 	$(BIN)/python bench/audit_verify_speed.py
 	$(BIN)/python bench/approval_latency.py
 
-# Also the compiled DataRow masker (and the stamp, so that the next `make` builds it again).
+# Also the compiled accelerators (and the stamp, so that the next `make` builds it again).
 clean:
 	rm -rf build dist .pytest_cache .import_linter_cache .wardgate wardgate-audit .wardgate-demo
 	rm -f $(STAMP)
-	find gateway_container \( -name '*.so' -o -name '_rowmask_fast.c' -o -name '_rowmask_fast.html' \) -type f -delete
+	find gateway_container \( -name '*.so' -o -name '_*_fast.c' -o -name '_*_fast.html' \) -type f -delete
 	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

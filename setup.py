@@ -1,9 +1,14 @@
-"""Builds the compiled DataRow masker (``wardgate.protocols.postgres._rowmask_fast``) from its ``.pyx``.
+"""Builds wardgate's optional compiled accelerators from their ``.pyx``:
 
-Everything else about the package is in ``pyproject.toml``. The extension is optional: without Cython
-or a C compiler the package installs without it and ``rowmask`` falls back to its Python walker (and
-logs a warning once). The SHA-256 of the ``.pyx`` is compiled into the module; ``rowmask`` uses the
-module only if it matches the ``.pyx`` next to it, so a stale build is never used.
+- ``wardgate.protocols.postgres._rowmask_fast``: the DataRow masker;
+- ``wardgate.core._eventline_fast``: audit event line formatting and hashing (links OpenSSL's
+  ``libcrypto``; needs its headers, Debian ``libssl-dev``).
+
+Everything else about the package is in ``pyproject.toml``. Each extension is optional: without
+Cython, a C compiler or a library's headers the package installs without it, and the Python
+reference implementation is used (with a warning logged once). The SHA-256 of each ``.pyx`` is
+compiled into its module; ``wardgate.core.compiled`` uses a module only if it matches the ``.pyx``
+next to it, so a stale build is never used.
 """
 
 from __future__ import annotations
@@ -14,28 +19,34 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 HERE = Path(__file__).resolve().parent
-PYX = Path("gateway_container/wardgate/protocols/postgres/_rowmask_fast.pyx")
+# (module, source, macro carrying the source's SHA-256, libraries to link)
+ACCELERATORS = [
+    ("wardgate.protocols.postgres._rowmask_fast", Path("gateway_container/wardgate/protocols/postgres/_rowmask_fast.pyx"),
+     "WARDGATE_ROWMASK_SOURCE_SHA256", []),
+    ("wardgate.core._eventline_fast", Path("gateway_container/wardgate/core/_eventline_fast.pyx"),
+     "WARDGATE_EVENTLINE_SOURCE_SHA256", ["crypto"]),
+]
 
 
 def extensions() -> list:
     try:
         from Cython.Build import cythonize
     except ImportError:
-        print("wardgate: Cython is not installed; building without the compiled DataRow masker")
+        print("wardgate: Cython is not installed; building without the compiled accelerators")
         return []
-    digest = hashlib.sha256((HERE / PYX).read_bytes()).hexdigest()
-    extension = Extension(
-        "wardgate.protocols.postgres._rowmask_fast", [PYX.as_posix()],
-        define_macros=[("WARDGATE_ROWMASK_SOURCE_SHA256", f'"{digest}"')],
-        optional=True,  # a failed compile leaves the Python walker, it does not fail the install
-    )
+    built = []
+    for module, pyx, macro, libraries in ACCELERATORS:
+        digest = hashlib.sha256((HERE / pyx).read_bytes()).hexdigest()
+        built.append(Extension(
+            module, [pyx.as_posix()], define_macros=[(macro, f'"{digest}"')], libraries=libraries,
+            optional=True,  # a failed compile leaves the Python implementation, it does not fail the install
+        ))
     # The generated C goes under build/, not into the source tree.
-    return cythonize([extension], build_dir="build/cython", quiet=True,
-                     compiler_directives={"language_level": "3"})
+    return cythonize(built, build_dir="build/cython", quiet=True, compiler_directives={"language_level": "3"})
 
 
 setup(
     ext_modules=extensions(),
-    # rowmask compares the compiled module with its source: install the source too.
-    package_data={"wardgate.protocols.postgres": ["_rowmask_fast.pyx"]},
+    # Each compiled module is compared with its source at import: install the sources too.
+    package_data={"wardgate.protocols.postgres": ["_rowmask_fast.pyx"], "wardgate.core": ["_eventline_fast.pyx"]},
 )

@@ -19,6 +19,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 import fcntl
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ from urllib.parse import urlparse
 
 import orjson
 
+from wardgate.core.compiled import load_compiled
 from wardgate.core.files import create_file_atomically, file_url_path
 from wardgate.core.integrity import (build_digest, digest_path_for, encode_digest,
                                      export_public_key, gateway_of_segment, newest_digest, segment_number)
@@ -406,6 +408,8 @@ class Recorder:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        if self.spool is not None and _EVENTLINE_PROBLEM is not None:
+            logging.getLogger(__name__).warning("%s; recording uses the slower Python formatter", _EVENTLINE_PROBLEM)
         if self.spool is not None:
             self._thread = threading.Thread(target=self._sync_worker, name="wardgate-audit-fsync", daemon=True)
             self._thread.start()
@@ -599,19 +603,12 @@ class SessionLog:
         if recorder.spool is None:
             return ""
         self.seq = seq = self.seq + 1
-        # utc_now_iso(), inlined (this runs twice per statement): same text, one call less.
         now = _time()
         if now < recorder._last_time:
             recorder._unordered = True
         recorder._last_time = now
-        second = int(now)
-        cache = _second_cache
-        if cache[0] != second:
-            cache[0], cache[1] = second, _strftime("%Y-%m-%dT%H:%M:%S", _gmtime(second)).encode()
-        # id, session and type are our own ASCII tokens: formatted directly, only fields need JSON.
-        line = _LINE % (self._sid, seq, cache[1], int((now - second) * 1_000_000), event_type.encode(), seq,
-                        b"," if members else b"", members, self._fixed, self.prev_hash)
-        self.prev_hash = _sha256(line).hexdigest().encode()
+        line, self.prev_hash = _event_line(self._sid, seq, now, event_type.encode(), members, self._fixed,
+                                           self.prev_hash)
         recorder._pending.append(line)
         if not self.unwritten:
             recorder._pending_logs.append(self)
@@ -621,11 +618,31 @@ class SessionLog:
         return f"{self.session_id}-{seq:06d}"
 
 
+# id, session and type are our own ASCII tokens: formatted directly, only fields need JSON.
 _LINE = b'{"id":"%b-%06d","time":"%b.%06dZ","type":"%b","seq":%d%b%b%b,"prev_hash":"%b"}\n'
 _time = time.time
 _strftime = time.strftime
 _gmtime = time.gmtime
 _sha256 = hashlib.sha256
+
+
+def _event_line_python(sid: bytes, seq: int, now: float, event_type: bytes, members: bytes, fixed: bytes,
+                       prev_hash: bytes) -> tuple[bytes, bytes]:
+    """``(line, sha256_hex)`` of one event: the reference for (and fallback of) the compiled
+    ``_eventline_fast.event_line``, which must return the same bytes."""
+    second = int(now)
+    cache = _second_cache
+    if cache[0] != second:  # the date and time text is formatted once per second
+        cache[0], cache[1] = second, _strftime("%Y-%m-%dT%H:%M:%S", _gmtime(second)).encode()
+    line = _LINE % (sid, seq, cache[1], int((now - second) * 1_000_000), event_type, seq,
+                    b"," if members else b"", members, fixed, prev_hash)
+    return line, _sha256(line).hexdigest().encode()
+
+
+_EVENTLINE_FAST, _EVENTLINE_PROBLEM = load_compiled(
+    "wardgate.core._eventline_fast", Path(__file__).with_name("_eventline_fast.pyx"),
+    what="audit event line formatter", disable_env="WARDGATE_AUDIT_PYTHON")
+_event_line = _EVENTLINE_FAST.event_line if _EVENTLINE_FAST is not None else _event_line_python
 
 
 def end_crashed_sessions(recorder: Recorder, recovered: list[Path], gateway_id: str) -> list[str]:

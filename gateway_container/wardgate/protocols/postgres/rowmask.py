@@ -22,15 +22,13 @@ once and the Python walker is used. ``WARDGATE_MASKING_PYTHON=1`` forces the Pyt
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import importlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 import struct
 from functools import lru_cache
 
+from wardgate.core.compiled import load_compiled
 from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value, value_masker
 
 log = logging.getLogger("wardgate.masking")
@@ -171,21 +169,8 @@ def _prefixed(text: str | None) -> bytes:
 
 def _load_fast():
     """(the compiled module, None) or (None, why it is not used)."""
-    if os.environ.get("WARDGATE_MASKING_PYTHON", "") not in ("", "0"):
-        return None, None  # asked for: no warning
-    try:
-        fast = importlib.import_module("wardgate.protocols.postgres._rowmask_fast")
-    except ImportError as exc:
-        return None, f"the compiled DataRow masker is not built ({exc})"
-    source = Path(__file__).with_name("_rowmask_fast.pyx")
-    try:
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    except OSError as exc:
-        return None, f"cannot check the compiled DataRow masker against its source ({exc})"
-    if getattr(fast, "SOURCE_SHA256", "") != digest:
-        return None, (f"the compiled DataRow masker {Path(fast.__file__).name} was built from another version "
-                      f"of {source.name} (stale build; reinstall with `pip install -e .`)")
-    return fast, None
+    return load_compiled("wardgate.protocols.postgres._rowmask_fast", Path(__file__).with_name("_rowmask_fast.pyx"),
+                         what="DataRow masker", disable_env="WARDGATE_MASKING_PYTHON")
 
 
 _FAST, _FAST_PROBLEM = _load_fast()

@@ -1,0 +1,35 @@
+"""Optional compiled accelerators (Cython modules built by ``setup.py``), used only when current.
+
+Each accelerator has a Python reference implementation that stays the fallback. A compiled module
+carries the SHA-256 of the ``.pyx`` it was built from (``SOURCE_SHA256``); it is used only if that
+matches the ``.pyx`` installed next to it, so an extension left over from an older source is never
+used. An environment variable can turn an accelerator off (differential tests, debugging).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+
+
+def load_compiled(module: str, source: Path, *, what: str, disable_env: str) -> tuple[ModuleType | None, str | None]:
+    """``(module, None)`` when the compiled ``module`` is built from ``source`` as it is now;
+    ``(None, why not)`` otherwise; ``(None, None)`` when ``disable_env`` is set (asked for, no
+    warning needed)."""
+    if os.environ.get(disable_env, "") not in ("", "0"):
+        return None, None
+    try:
+        compiled = importlib.import_module(module)
+    except ImportError as exc:
+        return None, f"the compiled {what} is not built ({exc})"
+    try:
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    except OSError as exc:
+        return None, f"cannot check the compiled {what} against its source ({exc})"
+    if getattr(compiled, "SOURCE_SHA256", "") != digest:
+        return None, (f"the compiled {what} {Path(compiled.__file__).name} was built from another version "
+                      f"of {Path(source).name} (stale build; reinstall with `pip install -e .`)")
+    return compiled, None
