@@ -22,6 +22,10 @@ What it does, in one run:
    detectors) and, for information, with the same 2 columns plus the ``email`` and ``credit_card``
    detectors; median of ``--masking-repeat`` runs (default 3), interleaved.
 
+``make bench`` runs ``--audit-modes off,write,always --repeat 2`` and so also prints the
+**recording cost**: 1 − TPS with recording ÷ TPS with recording off, per round, median (target for
+the default ``write``: ≤ 15 %).
+
 Reading the table:
 
 * ``TPS`` and ``latency`` are pgbench's (``tps`` excludes connection time).
@@ -81,6 +85,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = REPO_ROOT / "policies" / "ai-agent-default" / "policy.yaml"
 POLICY_GROUPS = "ai-agents"  # role ``agent`` in the default bundle
 TARGET_POLICY_RATIO = 0.90
+# Issue 4: recording with the default fsync policy costs at most 15 % of the TPS without recording.
+TARGET_RECORDING_COST = 0.15
 MASKING_TABLE = "bench_people"
 MASKING_ROWS = 200_000
 TARGET_MASKING_RATIO = 2.0
@@ -600,6 +606,35 @@ def summarize(runs: list[Run]) -> list[dict]:
     return lines
 
 
+def summarize_recording_cost(runs: list[Run], protocols: list[str]) -> list[dict]:
+    """Per protocol and recording mode: 1 − (TPS with recording ÷ TPS with recording off), the median
+    of per-round values (both gateways allow-all, runs of the same round). Needs ``off`` measured."""
+    gateway = {(r.mode, r.protocol, r.round): r for r in runs if r.path == "gateway" and r.tps}
+    lines = []
+    for protocol in protocols:
+        for mode in ("write", "always"):
+            costs = [1 - run.tps / gateway[("off", protocol, rnd)].tps
+                     for (m, p, rnd), run in gateway.items()
+                     if m == mode and p == protocol and ("off", protocol, rnd) in gateway]
+            if not costs:
+                continue
+            line = {"audit": mode, "protocol": protocol, "cost": statistics.median(costs), "rounds": len(costs)}
+            if mode == HEADLINE_MODE:
+                line["target"] = TARGET_RECORDING_COST
+                line["pass"] = line["cost"] <= TARGET_RECORDING_COST
+            lines.append(line)
+    return lines
+
+
+def print_recording_cost(lines: list[dict]) -> None:
+    print("\nrecording cost: share of the recording-off TPS lost (same rounds, allow-all gateways)")
+    for line in lines:
+        verdict = ""
+        if "target" in line:
+            verdict = f"target ≤ {line['target']:.0%}: {'PASS' if line['pass'] else 'FAIL'}"
+        print(f"  {line['audit']:<7} {line['protocol']:<9} {line['cost']:6.1%}  {verdict}")
+
+
 def _mode_order(mode: str) -> int:
     return {"-": -1, "off": 0, "write": 1, "always": 2}.get(mode, 9)
 
@@ -860,6 +895,9 @@ def main(argv: list[str] | None = None) -> int:
 
         lines = summarize(runs)
         print_table(lines, memory, args)
+        cost_lines = summarize_recording_cost(runs, args.protocol_list)
+        if cost_lines:
+            print_recording_cost(cost_lines)
         policy_lines = summarize_policy(runs, headline.mode, args.protocol_list) if args.policy_compare else None
         if policy_lines is not None:
             print_policy_table(policy_lines, args)
@@ -879,14 +917,15 @@ def main(argv: list[str] | None = None) -> int:
                              "masking": args.masking, "masking_rows": args.masking_rows,
                              "masking_repeat": args.masking_repeat},
                 "targets": {"ratio": TARGET_RATIO, "kib_per_idle_session": TARGET_KIB_PER_SESSION,
-                            "policy_ratio_min": TARGET_POLICY_RATIO, "masking_ratio_max": TARGET_MASKING_RATIO},
-                "summary": lines, "memory": memory,
+                            "policy_ratio_min": TARGET_POLICY_RATIO, "masking_ratio_max": TARGET_MASKING_RATIO,
+                            "recording_cost_max": TARGET_RECORDING_COST},
+                "summary": lines, "memory": memory, "recording_cost": cost_lines,
                 "policy_compare": policy_lines, "masking": masking,
                 "runs": [asdict(r) for r in runs],
             }
             args.json.write_text(json.dumps(results, indent=2) + "\n")
             print(f"results written to {args.json}")
-        failed = (any(line.get("pass") is False for line in lines + (policy_lines or []))
+        failed = (any(line.get("pass") is False for line in lines + (policy_lines or []) + cost_lines)
                   or (memory is not None and not memory["pass"])
                   or (masking is not None and not masking["pass"]))
         return 1 if (args.check and failed) else 0

@@ -1,0 +1,43 @@
+"""`make bench` reports what recording costs as issue 4 defines it: the share of the recording-off
+TPS lost, per protocol, from runs of the same round (never across rounds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "bench" / "pg_overhead.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("pg_overhead_under_test", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cost_is_per_round_then_median_and_judged_only_for_the_default_mode(bench) -> None:
+    Run = bench.Run
+    runs = [
+        Run("direct", "-", "simple", 0, tps=20000), Run("gateway", "off", "simple", 0, tps=10000),
+        Run("gateway", "write", "simple", 0, tps=9000), Run("gateway", "always", "simple", 0, tps=2000),
+        # round 1 is slower overall: per-round ratios, not a ratio of medians
+        Run("gateway", "off", "simple", 1, tps=5000), Run("gateway", "write", "simple", 1, tps=4000),
+        Run("gateway", "always", "simple", 1, tps=1000),
+        Run("gateway", "off", "extended", 0, tps=8000), Run("gateway", "write", "extended", 0, tps=7600),
+        Run("gateway", "write", "extended", 1, tps=1000),  # no `off` run in round 1: not compared
+    ]
+    lines = {(line["audit"], line["protocol"]): line for line in bench.summarize_recording_cost(runs, ["simple", "extended"])}
+    assert lines[("write", "simple")]["cost"] == pytest.approx(0.15)  # median of 0.10 and 0.20
+    assert lines[("write", "simple")]["pass"] is True
+    assert lines[("always", "simple")]["cost"] == pytest.approx(0.80) and "pass" not in lines[("always", "simple")]
+    assert lines[("write", "extended")]["cost"] == pytest.approx(0.05) and lines[("write", "extended")]["rounds"] == 1
+    failing = bench.summarize_recording_cost([Run("gateway", "off", "simple", 0, tps=100),
+                                              Run("gateway", "write", "simple", 0, tps=80)], ["simple"])
+    assert failing[0]["pass"] is False
+    assert bench.summarize_recording_cost([Run("gateway", "write", "simple", 0, tps=80)], ["simple"]) == []
