@@ -572,31 +572,35 @@ def run_masking_benchmark(pg: ThrowawayPostgres, workdir: Path, args: argparse.N
 
 
 # --------------------------------------------------------------------------------------- summary
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _round_ratios(runs, baseline: dict[int, Run]) -> list[float]:
+    """TPS of each run ÷ TPS of the baseline run of the same round (rounds without one are left out)."""
+    return [r.tps / baseline[r.round].tps for r in runs if r.tps and r.round in baseline]
+
+
 def summarize(runs: list[Run]) -> list[dict]:
     """One line per (path, mode, protocol): medians over rounds; ratio = median of per-round ratios."""
     runs = [r for r in runs if r.path in ("direct", "gateway")]
-    direct = {(r.protocol, r.round): r for r in runs if r.path == "direct" and r.tps}
     keys: list[tuple[str, str, str]] = []
     for r in runs:
         key = (r.path, r.mode, r.protocol)
         if key not in keys:
             keys.append(key)
 
-    def median(values):
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else None
-
     lines = []
     for path, mode, protocol in sorted(keys, key=lambda k: (k[2] != "simple", k[0] != "direct", _mode_order(k[1]))):
         group = [r for r in runs if (r.path, r.mode, r.protocol) == (path, mode, protocol)]
-        ratios = [r.tps / direct[(protocol, r.round)].tps for r in group
-                  if r.tps and (protocol, r.round) in direct]
+        direct = {r.round: r for r in runs if r.path == "direct" and r.protocol == protocol and r.tps}
         line = {
             "path": path, "audit": mode, "protocol": protocol, "rounds": len(group),
-            "tps": median(r.tps for r in group),
-            "ratio": median(ratios) if path == "gateway" else (1.0 if any(r.tps for r in group) else None),
-            "latency_ms": median(r.latency_ms for r in group),
-            "gateway_cpu_us_per_txn": median(r.gateway_cpu_us_per_txn for r in group),
+            "tps": _median(r.tps for r in group),
+            "ratio": _median(_round_ratios(group, direct)) if path == "gateway" else (1.0 if any(r.tps for r in group) else None),
+            "latency_ms": _median(r.latency_ms for r in group),
+            "gateway_cpu_us_per_txn": _median(r.gateway_cpu_us_per_txn for r in group),
             "errors": [r.error for r in group if r.error],
         }
         if path == "gateway":
@@ -609,16 +613,15 @@ def summarize(runs: list[Run]) -> list[dict]:
 def summarize_recording_cost(runs: list[Run], protocols: list[str]) -> list[dict]:
     """Per protocol and recording mode: 1 − (TPS with recording ÷ TPS with recording off), the median
     of per-round values (both gateways allow-all, runs of the same round). Needs ``off`` measured."""
-    gateway = {(r.mode, r.protocol, r.round): r for r in runs if r.path == "gateway" and r.tps}
     lines = []
     for protocol in protocols:
+        off = {r.round: r for r in runs if r.path == "gateway" and r.mode == "off" and r.protocol == protocol and r.tps}
         for mode in ("write", "always"):
-            costs = [1 - run.tps / gateway[("off", protocol, rnd)].tps
-                     for (m, p, rnd), run in gateway.items()
-                     if m == mode and p == protocol and ("off", protocol, rnd) in gateway]
+            costs = [1 - ratio for ratio in _round_ratios(
+                [r for r in runs if r.path == "gateway" and r.mode == mode and r.protocol == protocol], off)]
             if not costs:
                 continue
-            line = {"audit": mode, "protocol": protocol, "cost": statistics.median(costs), "rounds": len(costs)}
+            line = {"audit": mode, "protocol": protocol, "cost": _median(costs), "rounds": len(costs)}
             if mode == HEADLINE_MODE:
                 line["target"] = TARGET_RECORDING_COST
                 line["pass"] = line["cost"] <= TARGET_RECORDING_COST
@@ -680,11 +683,6 @@ def print_table(lines: list[dict], memory: dict | None, args: argparse.Namespace
 def summarize_policy(runs: list[Run], baseline_mode: str, protocols: list[str]) -> list[dict]:
     """One line per protocol: the policy gateway against the allow-all gateway of the same audit mode;
     ratio = median over rounds of policy TPS ÷ allow-all TPS of the same round."""
-
-    def median(values):
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else None
-
     lines = []
     for protocol in protocols:
         allow = {r.round: r for r in runs
@@ -693,16 +691,16 @@ def summarize_policy(runs: list[Run], baseline_mode: str, protocols: list[str]) 
         group = [r for r in runs if r.path == "policy" and r.protocol == protocol]
         if not group:
             continue
-        ratio = median(r.tps / allow[r.round].tps for r in group if r.tps and r.round in allow)
+        ratio = _median(_round_ratios(group, allow))
         lines.append({
             "audit": baseline_mode, "protocol": protocol, "rounds": len(group),
-            "allow_all_tps": median(r.tps for r in allow.values()),
-            "policy_tps": median(r.tps for r in group),
+            "allow_all_tps": _median(r.tps for r in allow.values()),
+            "policy_tps": _median(r.tps for r in group),
             "ratio": ratio,
-            "ratio_vs_direct": median(r.tps / direct[r.round].tps for r in group if r.tps and r.round in direct),
-            "latency_ms": median(r.latency_ms for r in group),
-            "allow_all_cpu_us_per_txn": median(r.gateway_cpu_us_per_txn for r in allow.values()),
-            "policy_cpu_us_per_txn": median(r.gateway_cpu_us_per_txn for r in group),
+            "ratio_vs_direct": _median(_round_ratios(group, direct)),
+            "latency_ms": _median(r.latency_ms for r in group),
+            "allow_all_cpu_us_per_txn": _median(r.gateway_cpu_us_per_txn for r in allow.values()),
+            "policy_cpu_us_per_txn": _median(r.gateway_cpu_us_per_txn for r in group),
             "target": TARGET_POLICY_RATIO,
             "pass": ratio is not None and ratio >= TARGET_POLICY_RATIO,
             "errors": [r.error for r in group if r.error],

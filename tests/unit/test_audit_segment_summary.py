@@ -62,33 +62,45 @@ def test_summary_kept_while_writing_equals_the_parsed_segment(tmp_path: Path, se
     assert report.ok and report.findings == [] and report.sessions == started
 
 
-def test_clock_stepped_back_inside_a_batch_still_gives_the_true_time_range(tmp_path: Path, monkeypatch) -> None:
+def _one_session(tmp_path: Path, gateway: str, session: str, **spool_options) -> tuple[Path, FileSpool, Recorder, SessionLog]:
     directory = tmp_path / "audit"
-    spool = FileSpool(directory, "gwsum2", segment_bytes=1 << 20, signer=LocalEd25519Signer(tmp_path / "key.pem"))
+    spool = FileSpool(directory, gateway, signer=LocalEd25519Signer(tmp_path / "key.pem"), **spool_options)
     recorder = Recorder(spool)
-    log = SessionLog(recorder, "sclock", {"gateway": "gwsum2", "protocol": "postgres"})
-    clock = iter([1_800_000_100.0, 1_800_000_050.0, 1_800_000_200.0, 1_800_000_020.0, 1_800_000_150.0])
+    return directory, spool, recorder, SessionLog(recorder, session, {"gateway": gateway, "protocol": "postgres"})
+
+
+def _emit_at(monkeypatch: pytest.MonkeyPatch, log: SessionLog, times: list[float]) -> None:
+    """One event per time, the clock reading exactly those times."""
+    clock = iter(times)
     monkeypatch.setattr(audit, "_time", lambda: next(clock))
-    for n in range(5):  # the earliest and the latest events are neither first nor last in the batch
-        log.emit("command.decided", {"n": n})
+    for t in times:
+        log.emit("command.decided", {"t": t})
+
+
+def _only_digest(directory: Path) -> dict:
+    (digest,) = directory.glob("*" + DIGEST_SUFFIX)
+    return orjson.loads(digest.read_bytes())
+
+
+def test_clock_stepped_back_inside_a_batch_still_gives_the_true_time_range(tmp_path: Path, monkeypatch) -> None:
+    directory, spool, recorder, log = _one_session(tmp_path, "gwsum2", "sclock", segment_bytes=1 << 20)
+    # the earliest and the latest events are neither first nor last in the batch
+    _emit_at(monkeypatch, log, [1_800_000_100.0, 1_800_000_050.0, 1_800_000_200.0, 1_800_000_020.0, 1_800_000_150.0])
     recorder.commit()
     spool.close()
     assert _digests_against_bytes(directory) == 1
-    record = orjson.loads(next(directory.glob("*" + DIGEST_SUFFIX)).read_bytes())
+    record = _only_digest(directory)
     assert record["first_time"].startswith("2027-01-15T08:00:20") and record["last_time"].startswith("2027-01-15T08:03:20")
 
 
 def test_bytes_written_without_their_sessions_are_summarized_from_the_segment(tmp_path: Path) -> None:
-    directory = tmp_path / "audit"
-    spool = FileSpool(directory, "gwsum3", signer=LocalEd25519Signer(tmp_path / "key.pem"))
-    recorder = Recorder(spool)
-    log = SessionLog(recorder, "sraw", {"gateway": "gwsum3", "protocol": "postgres"})
+    directory, spool, recorder, log = _one_session(tmp_path, "gwsum3", "sraw")
     log.emit("session.started", {})
     recorder.commit()
     log.emit("command.decided", {"statement": "select 1"})
     spool.write(b"".join(recorder._pending))  # a writer that does not say whose events these are
     spool.close()
-    record = orjson.loads(next(directory.glob("*" + DIGEST_SUFFIX)).read_bytes())
+    record = _only_digest(directory)
     assert record["events"] == 2 and record["sessions"]["sraw"]["last_seq"] == 2
     assert _digests_against_bytes(directory) == 1
 
@@ -96,18 +108,12 @@ def test_bytes_written_without_their_sessions_are_summarized_from_the_segment(tm
 def test_latest_time_written_before_the_clock_stepped_back_is_kept(tmp_path: Path, monkeypatch) -> None:
     """Writes: 100..110, then (clock stepped back) 50..60, then 61..70: the segment spans 50..110,
     although its first line says 100 and its last line 70."""
-    directory = tmp_path / "audit"
-    spool = FileSpool(directory, "gwsum4", segment_bytes=1 << 20, signer=LocalEd25519Signer(tmp_path / "key.pem"))
-    recorder = Recorder(spool)
-    log = SessionLog(recorder, "sruns", {"gateway": "gwsum4", "protocol": "postgres"})
+    directory, spool, recorder, log = _one_session(tmp_path, "gwsum4", "sruns", segment_bytes=1 << 20)
     base = 1_800_000_000.0
     for batch in ([100, 105, 110], [50, 55, 60], [61, 65, 70]):
-        clock = iter(base + t for t in batch)
-        monkeypatch.setattr(audit, "_time", lambda: next(clock))
-        for t in batch:
-            log.emit("command.decided", {"t": t})
+        _emit_at(monkeypatch, log, [base + t for t in batch])
         recorder.commit()
     spool.close()
     assert _digests_against_bytes(directory) == 1
-    record = orjson.loads(next(directory.glob("*" + DIGEST_SUFFIX)).read_bytes())
+    record = _only_digest(directory)
     assert record["first_time"].endswith(":50.000000Z") and record["last_time"].endswith(":01:50.000000Z")

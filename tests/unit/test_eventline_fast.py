@@ -1,20 +1,16 @@
 """The compiled audit event line formatter (``_eventline_fast``) returns exactly what the Python
 reference (``audit._event_line_python``) returns: a different byte would break every hash chain
-the verifier recomputes. Also: a stale or missing build is not used."""
+the verifier recomputes. (Build freshness: tests/unit/test_compiled_accelerators.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import random
-import sys
-import types
-from pathlib import Path
 
 import orjson
 import pytest
 
 from wardgate.core import audit
-from wardgate.core.compiled import load_compiled
 
 needs_compiled = pytest.mark.skipif(audit._EVENTLINE_FAST is None,
                                     reason="compiled event line formatter not in use (not built, stale, or "
@@ -43,43 +39,3 @@ def test_compiled_and_python_lines_are_identical_on_random_events() -> None:
         assert got[1] == hashlib.sha256(got[0]).hexdigest().encode()
         prev = got[1]
     assert orjson.loads(got[0])["seq"] == seq
-
-
-@needs_compiled
-def test_compiled_module_matches_its_source() -> None:
-    source = Path(audit.__file__).with_name("_eventline_fast.pyx")
-    assert audit._EVENTLINE_FAST.SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest()
-
-
-def test_stale_or_missing_compiled_formatter_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    name = "wardgate.core._eventline_fast"
-    source = Path(audit.__file__).with_name("_eventline_fast.pyx")
-    monkeypatch.delenv("WARDGATE_AUDIT_PYTHON", raising=False)
-
-    def load():
-        return load_compiled(name, source, what="audit event line formatter", disable_env="WARDGATE_AUDIT_PYTHON")
-
-    stale = types.ModuleType(name)
-    stale.SOURCE_SHA256 = "0" * 64
-    stale.__file__ = "/nowhere/_eventline_fast.so"
-    monkeypatch.setitem(sys.modules, name, stale)
-    module, problem = load()
-    assert module is None and "stale" in problem
-    monkeypatch.setitem(sys.modules, name, None)
-    module, problem = load()
-    assert module is None and "not built" in problem
-    monkeypatch.setenv("WARDGATE_AUDIT_PYTHON", "1")
-    assert load() == (None, None)
-
-
-def test_compiled_accelerators_are_in_use_where_required() -> None:
-    """CI sets WARDGATE_REQUIRE_COMPILED: there, a missing compiler or header must fail the run
-    instead of silently testing (and benchmarking) only the Python fallbacks."""
-    import os
-
-    from wardgate.protocols.postgres import rowmask
-
-    if os.environ.get("WARDGATE_REQUIRE_COMPILED", "") in ("", "0"):
-        pytest.skip("WARDGATE_REQUIRE_COMPILED is not set")
-    assert audit._EVENTLINE_FAST is not None, audit._EVENTLINE_PROBLEM
-    assert rowmask.fast_available(), rowmask._FAST_PROBLEM

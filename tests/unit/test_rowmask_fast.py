@@ -9,12 +9,9 @@ from the current ``.pyx`` is never used (it falls back, with one warning).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import sys
-import types
-from pathlib import Path
 
 import pytest
 
@@ -193,34 +190,8 @@ def test_random_plans_and_rows_are_byte_identical() -> None:
         both(tuple(plan), rows)
 
 
-# ---------------------------------------------------------------------------- build freshness
-
-
-@needs_compiled
-def test_compiled_module_matches_its_source() -> None:
-    fast = sys.modules["wardgate.protocols.postgres._rowmask_fast"]
-    source = Path(rowmask.__file__).with_name("_rowmask_fast.pyx")
-    assert fast.SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest()
-
-
-def test_stale_or_missing_compiled_module_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("WARDGATE_MASKING_PYTHON", raising=False)
-    name = "wardgate.protocols.postgres._rowmask_fast"
-    stale = types.ModuleType(name)
-    stale.SOURCE_SHA256 = "0" * 64  # built from another version of the .pyx
-    stale.__file__ = "/nowhere/_rowmask_fast.so"
-    monkeypatch.setitem(sys.modules, name, stale)
-    fast, problem = rowmask._load_fast()
-    assert fast is None and problem is not None and "stale" in problem
-    unbuilt = types.ModuleType(name)
-    unbuilt.__file__ = "/nowhere/_rowmask_fast.so"  # compiled by hand, without setup.py: no hash
-    monkeypatch.setitem(sys.modules, name, unbuilt)
-    assert rowmask._load_fast()[0] is None
-    monkeypatch.setitem(sys.modules, name, None)  # import fails
-    fast, problem = rowmask._load_fast()
-    assert fast is None and "not built" in problem
-    monkeypatch.setenv("WARDGATE_MASKING_PYTHON", "1")
-    assert rowmask._load_fast() == (None, None)
+# ---------------------------------------------------------------------------- fallback
+# (build freshness of every compiled accelerator: tests/unit/test_compiled_accelerators.py)
 
 
 def test_fallback_warns_once_and_masks_the_same(monkeypatch: pytest.MonkeyPatch,

@@ -45,7 +45,7 @@ class AuditUnavailable(Exception):
     """The audit sink cannot be written: callers must refuse the command (fail closed)."""
 
 
-_second_cache: list = [-1, b""]  # (second, its date and time as ASCII bytes), shared with SessionLog
+_second_cache: list = [-1, b""]  # (second, its date and time as ASCII bytes), shared with _event_line_python
 
 
 def utc_now_iso() -> str:
@@ -639,9 +639,13 @@ def _event_line_python(sid: bytes, seq: int, now: float, event_type: bytes, memb
     return line, _sha256(line).hexdigest().encode()
 
 
-_EVENTLINE_FAST, _EVENTLINE_PROBLEM = load_compiled(
-    "wardgate.core._eventline_fast", Path(__file__).with_name("_eventline_fast.pyx"),
-    what="audit event line formatter", disable_env="WARDGATE_AUDIT_PYTHON")
+def _load_fast():
+    """(the compiled event line formatter, None) or (None, why it is not used)."""
+    return load_compiled("wardgate.core._eventline_fast", Path(__file__).with_name("_eventline_fast.pyx"),
+                         what="audit event line formatter", disable_env="WARDGATE_AUDIT_PYTHON")
+
+
+_EVENTLINE_FAST, _EVENTLINE_PROBLEM = _load_fast()
 _event_line = _EVENTLINE_FAST.event_line if _EVENTLINE_FAST is not None else _event_line_python
 
 

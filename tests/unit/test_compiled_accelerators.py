@@ -1,0 +1,64 @@
+"""Every compiled accelerator (``setup.py``) is used only when it was built from the ``.pyx`` next
+to it: a stale, hand-compiled or missing module falls back to the Python implementation, an
+environment variable turns it off, and CI (``WARDGATE_REQUIRE_COMPILED``) fails when one is not in
+use instead of silently testing only the fallbacks. What each one computes is tested against its
+Python reference in ``test_rowmask_fast.py`` and ``test_eventline_fast.py``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from wardgate.core import audit
+from wardgate.protocols.postgres import rowmask
+
+# (module, its .pyx, the env var forcing Python, the loader its user calls, the module in use or None)
+ACCELERATORS = {
+    "row masker": ("wardgate.protocols.postgres._rowmask_fast", Path(rowmask.__file__).with_name("_rowmask_fast.pyx"),
+                   "WARDGATE_MASKING_PYTHON", rowmask._load_fast, lambda: rowmask._FAST, lambda: rowmask._FAST_PROBLEM),
+    "event line formatter": ("wardgate.core._eventline_fast", Path(audit.__file__).with_name("_eventline_fast.pyx"),
+                             "WARDGATE_AUDIT_PYTHON", audit._load_fast, lambda: audit._EVENTLINE_FAST,
+                             lambda: audit._EVENTLINE_PROBLEM),
+}
+
+
+@pytest.mark.parametrize("name", ACCELERATORS)
+def test_module_in_use_matches_its_source(name: str) -> None:
+    module_name, source, _, _, in_use, _ = ACCELERATORS[name]
+    if in_use() is None:
+        pytest.skip(f"compiled {name} not in use (not built, stale, or disabled)")
+    assert sys.modules[module_name].SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ACCELERATORS)
+def test_stale_hand_compiled_or_missing_module_is_not_used(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module_name, _, disable_env, load, _, _ = ACCELERATORS[name]
+    monkeypatch.delenv(disable_env, raising=False)
+    stale = types.ModuleType(module_name)
+    stale.SOURCE_SHA256 = "0" * 64  # built from another version of the .pyx
+    stale.__file__ = "/nowhere/stale.so"
+    monkeypatch.setitem(sys.modules, module_name, stale)
+    module, problem = load()
+    assert module is None and problem is not None and "stale" in problem
+    unbuilt = types.ModuleType(module_name)
+    unbuilt.__file__ = "/nowhere/unbuilt.so"  # compiled by hand, without setup.py: no hash
+    monkeypatch.setitem(sys.modules, module_name, unbuilt)
+    assert load()[0] is None
+    monkeypatch.setitem(sys.modules, module_name, None)  # import fails
+    module, problem = load()
+    assert module is None and "not built" in problem
+    monkeypatch.setenv(disable_env, "1")
+    assert load() == (None, None)
+
+
+@pytest.mark.parametrize("name", ACCELERATORS)
+def test_in_use_where_required(name: str) -> None:
+    if os.environ.get("WARDGATE_REQUIRE_COMPILED", "") in ("", "0"):
+        pytest.skip("WARDGATE_REQUIRE_COMPILED is not set")
+    _, _, _, _, in_use, problem = ACCELERATORS[name]
+    assert in_use() is not None, problem()
