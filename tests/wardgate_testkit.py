@@ -1,6 +1,7 @@
 """Helpers shared by several test directories (a uniquely named module: several directories have a
-``conftest``): a webhook receiver, signed Slack/generic decisions, Lambda's context object, the
-Functions Framework app of a GCP entry point, an agent's insert and the ``wardgate`` CLI run as a person.
+``conftest``): a JSON service on loopback, a webhook receiver, signed Slack/generic decisions, Lambda's
+context object, the Functions Framework app of a GCP entry point, an agent's insert and the
+``wardgate`` CLI run as a person.
 
 Importing it puts the repository root on ``sys.path``: the serverless ``functions`` live there.
 """
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,51 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from wardgate.approvals.notify import sign_body  # noqa: E402
+
+
+# -- a JSON HTTP service on loopback ------------------------------------------------------------------
+
+
+class LoopbackJson:
+    """A threaded HTTP server on a free 127.0.0.1 port standing in for a service that answers JSON
+    (an OIDC issuer, the gateway's control port, an OAuth token endpoint).
+
+    ``respond(method, path, body)`` returns ``(status, document)``: ``document`` is sent as JSON with
+    a 2xx status; any other status is sent as an error page."""
+
+    def __init__(self, respond: Callable[[str, str, bytes], tuple[int, Any]]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, document = respond(self.command, self.path, body)
+                if not 200 <= status < 300:
+                    self.send_error(status)
+                    return
+                data = json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer  # noqa: N815 (http.server's naming)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._httpd.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        # A short poll interval keeps shutdown() (and so each test's teardown) quick.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
 
 
 # -- the chat platform's side ------------------------------------------------------------------------

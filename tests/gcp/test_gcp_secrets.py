@@ -8,10 +8,9 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import google.auth
 import pytest
@@ -19,6 +18,7 @@ from google.oauth2.credentials import Credentials
 
 from wardgate.adapters.gcp import CLOUDSQL_LOGIN_SCOPE, CloudSqlIamSource, SecretManagerSource
 from wardgate.core.credentials import CredentialError
+from wardgate_testkit import LoopbackJson
 
 
 def test_the_current_version_is_read_and_a_new_version_is_picked_up(gcp_cloud, unique):
@@ -81,32 +81,19 @@ class FakeOAuthTokenEndpoint:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, str]] = []
-        endpoint = self
+        self._http = LoopbackJson(self._respond)
+        self.token_uri = f"{self._http.url}/token"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("Content-Length", "0"))
-                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                endpoint.requests.append(form)
-                body = json.dumps({"access_token": f"ya29.fake-{len(endpoint.requests)}", "expires_in": 3600,
-                                   "token_type": "Bearer", "scope": form.get("scope", "")}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.token_uri = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def _respond(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        if method != "POST":
+            return 405, None
+        form = dict(urllib.parse.parse_qsl(body.decode()))
+        self.requests.append(form)
+        return 200, {"access_token": f"ya29.fake-{len(self.requests)}", "expires_in": 3600,
+                     "token_type": "Bearer", "scope": form.get("scope", "")}
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()
 
 
 @pytest.fixture

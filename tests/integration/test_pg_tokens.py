@@ -17,11 +17,9 @@ import socket
 import ssl
 import struct
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -34,6 +32,7 @@ from jwt.algorithms import RSAAlgorithm
 from wardgate.core.devissuer import DevIssuer
 from wardgate.devtools.harness import GatewayThread
 from wardgate.protocols.postgres import wire
+from wardgate_testkit import LoopbackJson
 
 RESOURCE = "orders-prod"
 IO_TIMEOUT = 10.0
@@ -300,35 +299,21 @@ class _Issuer:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = "gh-test-" + os.urandom(4).hex()
         self.requests: list[str] = []
-        issuer = self
+        self._http = LoopbackJson(self._respond)
+        self.url = self._http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                issuer.requests.append(self.path)
-                if self.path == "/.well-known/openid-configuration":
-                    body = {"issuer": issuer.url, "jwks_uri": issuer.url + "/.well-known/jwks",
-                            "id_token_signing_alg_values_supported": ["RS256"],
-                            "response_types_supported": ["id_token"], "subject_types_supported": ["public", "pairwise"]}
-                elif self.path == "/.well-known/jwks":
-                    jwk = RSAAlgorithm.to_jwk(issuer.key.public_key(), as_dict=True)
-                    body = {"keys": [{**jwk, "kid": issuer.kid, "alg": "RS256", "use": "sig"}]}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def _respond(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        self.requests.append(path)
+        if method != "GET":
+            return 405, None
+        if path == "/.well-known/openid-configuration":
+            return 200, {"issuer": self.url, "jwks_uri": self.url + "/.well-known/jwks",
+                         "id_token_signing_alg_values_supported": ["RS256"],
+                         "response_types_supported": ["id_token"], "subject_types_supported": ["public", "pairwise"]}
+        if path == "/.well-known/jwks":
+            jwk = RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+            return 200, {"keys": [{**jwk, "kid": self.kid, "alg": "RS256", "use": "sig"}]}
+        return 404, None
 
     def token(self, *, algorithm: str = "RS256", **claims: Any) -> str:
         now = int(time.time())
@@ -336,9 +321,7 @@ class _Issuer:
         return jwt.encode(payload, self.key, algorithm=algorithm, headers={"kid": self.kid})
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self._http.close()
 
 
 @pytest.fixture

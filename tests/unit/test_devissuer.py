@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import stat
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +15,7 @@ import pytest
 from wardgate.config import IssuerConfig
 from wardgate.core.devissuer import DevIssuer, dev_issuer_url
 from wardgate.core.identity import AuthenticationError, TokenVerifier
+from wardgate_testkit import LoopbackJson
 
 
 class ControlPort:
@@ -24,28 +23,12 @@ class ControlPort:
 
     def __init__(self) -> None:
         self.documents: dict[str, Callable[[], Any]] = {}
-        port = self
+        self._http = LoopbackJson(self._respond)
+        self.address = f"127.0.0.1:{self._http.port}"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                document = port.documents.get(self.path)
-                if document is None:
-                    self.send_error(404)
-                    return
-                body = json.dumps(document()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self._httpd.server_port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self._thread.start()
+    def _respond(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        document = self.documents.get(path)
+        return (404, None) if document is None else (200, document())
 
     def serve(self, issuer: DevIssuer) -> None:
         """Publish ``issuer`` the way the gateway does, under its issuer URL's path."""
@@ -54,9 +37,7 @@ class ControlPort:
         self.documents[f"{path}/jwks"] = issuer.jwks
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+        self._http.close()
 
 
 @pytest.fixture

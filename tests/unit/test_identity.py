@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from wardgate.config import IssuerConfig
 from wardgate.core.identity import AuthenticationError, TokenVerifier
+from wardgate_testkit import LoopbackJson
 
 NOW = 1_800_000_000.0  # the verifier's clock in these tests: 2027-01-15T08:00:00Z
 
@@ -32,39 +32,21 @@ class JsonServer:
         self.documents: dict[str, Any] = {}
         self.failing: set[str] = set()
         self.hits: collections.Counter[str] = collections.Counter()
-        server = self
+        self._http = LoopbackJson(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.hits[self.path] += 1
-                if self.path in server.failing:
-                    self.send_error(500)
-                    return
-                if self.path not in server.documents:
-                    self.send_error(404)
-                    return
-                body = json.dumps(server.documents[self.path]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        # A short poll interval keeps shutdown() (and so each test's teardown) quick.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self._thread.start()
+    def _respond(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        self.hits[path] += 1
+        if path in self.failing:
+            return 500, None
+        if path not in self.documents:
+            return 404, None
+        return 200, self.documents[path]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_port}{path}"
+        return self._http.url + path
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+        self._http.close()
 
 
 @pytest.fixture
