@@ -25,6 +25,7 @@ import orjson
 
 from wardgate.audittool import _normalize_time, _read_lines, verify_events
 from wardgate.core.integrity import DIGEST_SUFFIX, gateway_of_segment, segment_number
+from wardgate.core.model import duration_text
 
 STATEMENT_WIDTH = 100  # characters of a statement shown on one line (without --full)
 MESSAGE_WIDTH = 160
@@ -463,13 +464,9 @@ def _approval_decided(event: dict[str, Any], requested: dict[str, Any] | None) -
 def _whole_duration(seconds: Any) -> str:
     """A policy duration as written in policies (``15m``, ``2h``, ``90s``)."""
     try:
-        seconds = float(seconds)
+        return duration_text(float(seconds))
     except (TypeError, ValueError):
         return "-"
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _who(identity: Any) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
+from wardgate.core.model import duration_text
 from wardgate.core.ports import DecisionStore, MessageQueue, QueueMessage, StoreUnavailable
 
 from wardgate.approvals.links import LinkSigner
@@ -221,16 +222,8 @@ def summary(request: ApprovalRequest) -> str:
     who = describe(request.requester)
     if request.kind == GRANT:
         return (f"{who} asks for role {request.role} on {request.resource} for "
-                f"{_duration(request.duration_seconds or 0)}: {request.reason}")
+                f"{duration_text(request.duration_seconds or 0)}: {request.reason}")
     return f"{who} wants to run a statement on {request.resource} (rule {request.rule})"
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
 
 
 def _statement_text(request: ApprovalRequest) -> str:

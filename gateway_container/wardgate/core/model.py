@@ -95,3 +95,11 @@ class Command:
 
     def __repr__(self) -> str:
         return f"Command({self.protocol!r}, {self.kind!r}, {self.text[:60]!r})"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as policies write it: ``2h``, ``15m`` when whole, else seconds (``90s``, ``0.5s``)."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -16,7 +16,7 @@ from wardgate.core.approval import (APPROVAL_CONTROLS, DECISION_CONTROLS, POLL_S
                                     approver_names, command_hash)
 from wardgate.core.audit import AuditUnavailable, Recorder, SessionLog, new_session_id
 from wardgate.core.identity import AuthenticationError, TokenVerifier
-from wardgate.core.model import Command, Decision, Principal, Verdict
+from wardgate.core.model import Command, Decision, Principal, Verdict, duration_text
 from wardgate.core.policy import Policy
 from wardgate.core.masking import MaskStrategy, mask_findings, scan
 from wardgate.core.sqlclass import Classification, StatementClass, SqlParseError, classify
@@ -383,7 +383,7 @@ class Session:
             message = f"approval request {request.id} withdrawn: {reason or 'cancelled by the client'}"
         else:
             message = (f"no approval decision for request {request.id} within "
-                       f"{_duration_text(spec.timeout)}: statement refused")
+                       f"{duration_text(spec.timeout)}: statement refused")
         return Decision(Verdict.DENY, decision.rule, message, controls, decision.classes, decision.tables,
                         decision.roles)
 
@@ -470,11 +470,3 @@ def _decided_members(decision: Decision, policy: Policy) -> tuple:
         _DECIDED_MEMBERS.clear()
     _DECIDED_MEMBERS[id(decision)] = entry
     return entry
-
-
-def _duration_text(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    return f"{seconds:g}s"
