@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from typing import Any, Callable, Mapping, TypeVar
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import ParseResult, parse_qs, unquote, urlparse
 
 import google.auth
 import google.auth.transport.requests
@@ -64,6 +64,14 @@ _T = TypeVar("_T")
 
 def _query(url: str) -> dict[str, str]:
     return {key: values[-1] for key, values in parse_qs(urlparse(url).query, keep_blank_values=True).items()}
+
+
+def _parse(url: str, scheme: str) -> tuple[ParseResult, dict[str, str]]:
+    """``url`` split, and its query (last value of each key); a URL of another scheme is refused."""
+    parsed = urlparse(url)
+    if parsed.scheme != scheme:
+        raise ValueError(f"{url!r}: not a {scheme}:// URL")
+    return parsed, _query(url)
 
 
 def _timeout(url: str, query: Mapping[str, str]) -> float:
@@ -142,12 +150,9 @@ class PubSubQueue:
     """A Pub/Sub topic and pull subscription as an at-least-once queue with a dead-letter topic."""
 
     def __init__(self, url: str):
-        parsed = urlparse(url)
-        query = _query(url)
+        parsed, query = _parse(url, "pubsub")
         self.url = url
         project, topic = parsed.netloc, parsed.path.strip("/")
-        if parsed.scheme != "pubsub":
-            raise ValueError(f"{url!r}: not a pubsub:// URL")
         if not project:
             raise ValueError(f"{url!r}: missing project (pubsub://PROJECT/TOPIC?subscription=SUB)")
         if not topic:
@@ -297,11 +302,8 @@ class FirestoreDecisionStore:
     """Create-once records in a Firestore collection: the document's existence is the decision."""
 
     def __init__(self, url: str):
-        parsed = urlparse(url)
-        query = _query(url)
+        parsed, query = _parse(url, "firestore")
         self.url = url
-        if parsed.scheme != "firestore":
-            raise ValueError(f"{url!r}: not a firestore:// URL")
         self.project, self.collection = parsed.netloc, parsed.path.strip("/")
         if not self.project:
             raise ValueError(f"{url!r}: missing project (firestore://PROJECT/COLLECTION)")
@@ -376,11 +378,8 @@ class GcsObjectStore:
     """Write-once objects in a GCS bucket that has a retention policy (checked before the first put)."""
 
     def __init__(self, url: str):
-        parsed = urlparse(url)
-        query = _query(url)
+        parsed, query = _parse(url, "gs")
         self.url = url
-        if parsed.scheme != "gs":
-            raise ValueError(f"{url!r}: not a gs:// URL")
         self.bucket_name = parsed.netloc
         if not self.bucket_name:
             raise ValueError(f"{url!r}: missing bucket (gs://BUCKET/PREFIX)")
@@ -644,9 +643,7 @@ class CloudSqlIamSource:
 
     def __init__(self, url: str, username: str, *, credentials: GoogleCredentials | None = None,
                  timeout: float = DEFAULT_TIMEOUT):
-        parsed = urlparse(url)
-        if parsed.scheme != "cloudsql-iam":
-            raise ValueError(f"{url!r}: not a cloudsql-iam:// URL")
+        parsed, _ = _parse(url, "cloudsql-iam")
         parts = parsed.netloc.split(":")
         if len(parts) != 3 or not all(parts):
             raise ValueError(f"{url!r}: expected cloudsql-iam://PROJECT:REGION:INSTANCE (the instance connection "
