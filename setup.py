@@ -1,8 +1,10 @@
 """Builds wardgate's optional compiled accelerators from their ``.pyx``:
 
 - ``wardgate.protocols.postgres._rowmask_fast``: the DataRow masker;
-- ``wardgate.core._eventline_fast``: audit event line formatting and hashing (links OpenSSL's
-  ``libcrypto``; needs its headers, Debian ``libssl-dev``).
+- ``wardgate.core._eventchain_fast``: the audit event chain, formatting and hashing event lines
+  (links OpenSSL's ``libcrypto``; needs its headers, Debian ``libssl-dev``);
+- ``wardgate.core._sqltemplate_fast``: the SQL classifier's template key (a statement around its
+  integer literals).
 
 Everything else about the package is in ``pyproject.toml``. Each extension is optional: without
 Cython, a C compiler or a library's headers the package installs without it, and the Python
@@ -23,8 +25,10 @@ HERE = Path(__file__).resolve().parent
 ACCELERATORS = [
     ("wardgate.protocols.postgres._rowmask_fast", Path("gateway_container/wardgate/protocols/postgres/_rowmask_fast.pyx"),
      "WARDGATE_ROWMASK_SOURCE_SHA256", []),
-    ("wardgate.core._eventline_fast", Path("gateway_container/wardgate/core/_eventline_fast.pyx"),
-     "WARDGATE_EVENTLINE_SOURCE_SHA256", ["crypto"]),
+    ("wardgate.core._eventchain_fast", Path("gateway_container/wardgate/core/_eventchain_fast.pyx"),
+     "WARDGATE_EVENTCHAIN_SOURCE_SHA256", ["crypto"]),
+    ("wardgate.core._sqltemplate_fast", Path("gateway_container/wardgate/core/_sqltemplate_fast.pyx"),
+     "WARDGATE_SQLTEMPLATE_SOURCE_SHA256", []),
 ]
 
 
@@ -48,5 +52,5 @@ def extensions() -> list:
 setup(
     ext_modules=extensions(),
     # Each compiled module is compared with its source at import: install the sources too.
-    package_data={"wardgate.protocols.postgres": ["_rowmask_fast.pyx"], "wardgate.core": ["_eventline_fast.pyx"]},
+    package_data={"wardgate.protocols.postgres": ["_rowmask_fast.pyx"], "wardgate.core": ["_eventchain_fast.pyx", "_sqltemplate_fast.pyx"]},
 )

@@ -37,7 +37,7 @@ EVENT_SCHEMA = json.loads((REPO / "docs" / "audit-event.schema.json").read_text(
 DIGEST_SCHEMA = json.loads((REPO / "docs" / "audit-digest.schema.json").read_text())
 REFERENCE = (REPO / "docs" / "audit-format.md").read_text()
 ENVELOPES = ("sessionEnvelope", "gatewayEnvelope")
-EMITTERS = ("emit", "emit_json", "note")  # SessionLog.emit/emit_json, Session.note, DecisionCore.note
+EMITTERS = ("emit", "append_event", "note")  # SessionLog.emit, EventChain.append_event (decided/result), Session.note, DecisionCore.note
 
 SESSION = "001a209b8087d6c2489fea7a0"
 IDENTITY = {"issuer": "https://token.actions.githubusercontent.com", "subject": "repo:acme/app:ref:refs/heads/main"}
@@ -177,7 +177,7 @@ def test_session_ended_is_one_of_its_two_shapes(events):
 
 
 def _emit_sites() -> list[tuple[str, str, set[str] | None, ast.AST | None, str]]:
-    """Every ``.emit("type", {...})`` / ``.emit_json("type", …)`` / ``.note("type", k=v)`` in the package:
+    """Every ``.emit("type", {...})`` / ``.append_event("type", …)`` / ``.note("type", k=v)`` in the package:
     (type, file:line, literal field names or None when not literal, controls node, call kind)."""
     sites = []
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -212,7 +212,7 @@ def test_the_source_scan_finds_the_emit_calls():
     found = {event_type for event_type, *_ in SITES}
     assert {"session.started", "command.decided", "command.result", "approval.decided", "policy.load_failed",
             "session.backend_lost"} <= found
-    assert any(kind == "emit_json" for *_, kind in SITES) and any(kind == "note" for *_, kind in SITES)
+    assert any(kind == "append_event" for *_, kind in SITES) and any(kind == "note" for *_, kind in SITES)
 
 
 def test_every_emitted_event_type_has_a_schema_entry_and_a_section():
@@ -310,7 +310,7 @@ def _written_events(directory: Path) -> list[dict[str, Any]]:
 
 
 def test_events_the_decision_core_writes_validate(events, tmp_path):
-    """The per-statement events are serialized by hand-tuned code (``emit_json``): the real core,
+    """The per-statement events are serialized by hand-tuned code (``EventChain.decided`` / ``result``): the real core,
     on a real file sink, without a gateway around it."""
     recorder = Recorder(FileSpool(tmp_path / "audit", "46081b88f5a7"))
     core = DecisionCore(verifier=None, policy=AllowAll(), recorder=recorder, gateway_id="46081b88f5a7")

@@ -69,12 +69,14 @@ def _one_session(tmp_path: Path, gateway: str, session: str, **spool_options) ->
     return directory, spool, recorder, SessionLog(recorder, session, {"gateway": gateway, "protocol": "postgres"})
 
 
-def _emit_at(monkeypatch: pytest.MonkeyPatch, log: SessionLog, times: list[float]) -> None:
+def _emit_at(log: SessionLog, times: list[float]) -> None:
     """One event per time, the clock reading exactly those times."""
-    clock = iter(times)
-    monkeypatch.setattr(audit, "_time", lambda: next(clock))
-    for t in times:
-        log.emit("command.decided", {"t": t})
+    try:
+        for t in times:
+            audit.set_test_clock(t)
+            log.emit("command.decided", {"t": t})
+    finally:
+        audit.set_test_clock(None)
 
 
 def _only_digest(directory: Path) -> dict:
@@ -82,10 +84,10 @@ def _only_digest(directory: Path) -> dict:
     return orjson.loads(digest.read_bytes())
 
 
-def test_clock_stepped_back_inside_a_batch_still_gives_the_true_time_range(tmp_path: Path, monkeypatch) -> None:
+def test_clock_stepped_back_inside_a_batch_still_gives_the_true_time_range(tmp_path: Path) -> None:
     directory, spool, recorder, log = _one_session(tmp_path, "gwsum2", "sclock", segment_bytes=1 << 20)
     # the earliest and the latest events are neither first nor last in the batch
-    _emit_at(monkeypatch, log, [1_800_000_100.0, 1_800_000_050.0, 1_800_000_200.0, 1_800_000_020.0, 1_800_000_150.0])
+    _emit_at(log, [1_800_000_100.0, 1_800_000_050.0, 1_800_000_200.0, 1_800_000_020.0, 1_800_000_150.0])
     recorder.commit()
     spool.close()
     assert _digests_against_bytes(directory) == 1
@@ -98,20 +100,20 @@ def test_bytes_written_without_their_sessions_are_summarized_from_the_segment(tm
     log.emit("session.started", {})
     recorder.commit()
     log.emit("command.decided", {"statement": "select 1"})
-    spool.write(b"".join(recorder._pending))  # a writer that does not say whose events these are
+    spool.write(recorder._pending.data())  # a writer that does not say whose events these are
     spool.close()
     record = _only_digest(directory)
     assert record["events"] == 2 and record["sessions"]["sraw"]["last_seq"] == 2
     assert _digests_against_bytes(directory) == 1
 
 
-def test_latest_time_written_before_the_clock_stepped_back_is_kept(tmp_path: Path, monkeypatch) -> None:
+def test_latest_time_written_before_the_clock_stepped_back_is_kept(tmp_path: Path) -> None:
     """Writes: 100..110, then (clock stepped back) 50..60, then 61..70: the segment spans 50..110,
     although its first line says 100 and its last line 70."""
     directory, spool, recorder, log = _one_session(tmp_path, "gwsum4", "sruns", segment_bytes=1 << 20)
     base = 1_800_000_000.0
     for batch in ([100, 105, 110], [50, 55, 60], [61, 65, 70]):
-        _emit_at(monkeypatch, log, [base + t for t in batch])
+        _emit_at(log, [base + t for t in batch])
         recorder.commit()
     spool.close()
     assert _digests_against_bytes(directory) == 1

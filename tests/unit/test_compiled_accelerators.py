@@ -2,7 +2,7 @@
 to it: a stale, hand-compiled or missing module falls back to the Python implementation, an
 environment variable turns it off, and CI (``WARDGATE_REQUIRE_COMPILED``) fails when one is not in
 use instead of silently testing only the fallbacks. What each one computes is tested against its
-Python reference in ``test_rowmask_fast.py`` and ``test_eventline_fast.py``."""
+Python reference in ``test_rowmask_fast.py``, ``test_eventchain_fast.py`` and ``test_sqltemplate_fast.py``."""
 
 from __future__ import annotations
 
@@ -14,16 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from wardgate.core import audit
+from wardgate.core import audit, sqlclass
 from wardgate.protocols.postgres import rowmask
 
 # (module, its .pyx, the env var forcing Python, the loader its user calls, the module in use or None)
 ACCELERATORS = {
     "row masker": ("wardgate.protocols.postgres._rowmask_fast", Path(rowmask.__file__).with_name("_rowmask_fast.pyx"),
                    "WARDGATE_MASKING_PYTHON", rowmask._load_fast, lambda: rowmask._FAST, lambda: rowmask._FAST_PROBLEM),
-    "event line formatter": ("wardgate.core._eventline_fast", Path(audit.__file__).with_name("_eventline_fast.pyx"),
-                             "WARDGATE_AUDIT_PYTHON", audit._load_fast, lambda: audit._EVENTLINE_FAST,
-                             lambda: audit._EVENTLINE_PROBLEM),
+    "audit event chain": ("wardgate.core._eventchain_fast", Path(audit.__file__).with_name("_eventchain_fast.pyx"),
+                          "WARDGATE_AUDIT_PYTHON", audit._load_fast, lambda: audit._EVENTCHAIN_FAST,
+                          lambda: audit._EVENTCHAIN_PROBLEM),
+    "SQL template splitter": ("wardgate.core._sqltemplate_fast", Path(sqlclass.__file__).with_name("_sqltemplate_fast.pyx"),
+                              "WARDGATE_SQLCLASS_PYTHON", sqlclass._load_fast, lambda: sqlclass._TEMPLATE_FAST,
+                              lambda: sqlclass._TEMPLATE_PROBLEM),
 }
 
 

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 import orjson
 
+from wardgate.core import eventchain
 from wardgate.core.compiled import load_compiled
 from wardgate.core.files import create_file_atomically, file_url_path
 from wardgate.core.integrity import (build_digest, digest_path_for, encode_digest,
@@ -38,24 +39,17 @@ from wardgate.core.integrity import (build_digest, digest_path_for, encode_diges
 from wardgate.core.model import Principal
 
 EVENT_FORMAT_VERSION = 1
-GENESIS_HASH = "0" * 64
 
 
 class AuditUnavailable(Exception):
     """The audit sink cannot be written: callers must refuse the command (fail closed)."""
 
 
-_second_cache: list = [-1, b""]  # (second, its date and time as ASCII bytes), shared with _event_line_python
-
-
 def utc_now_iso() -> str:
-    """RFC 3339 UTC time with microseconds; the date part is formatted once per second."""
+    """RFC 3339 UTC time with microseconds, as event lines write it."""
     now = time.time()
     second = int(now)
-    cache = _second_cache
-    if cache[0] != second:
-        cache[0], cache[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-    return f"{cache[1].decode()}.{int((now - second) * 1_000_000):06d}Z"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{int((now - second) * 1_000_000):06d}Z"
 
 
 class SegmentSummary:
@@ -374,8 +368,8 @@ def open_sink(url: str, base_dir: Path, gateway_id: str, *, signer: Any = None) 
 class Recorder:
     """Collects events from all sessions of a gateway and commits them to the sink.
 
-    Producers call :meth:`append` (cheap, in the event loop), then hand the bytes that depend on those
-    events to :meth:`forward`. Forwarded bytes wait for the end of the event-loop iteration, when one
+    Sessions append events to their :class:`SessionLog` (in the event loop; the lines collect in one
+    :class:`PendingEvents`), then hand the bytes that depend on those events to :meth:`forward`. Forwarded bytes wait for the end of the event-loop iteration, when one
     ``write(2)`` (and, in ``always`` mode, one fsync in the writer thread) covers the events of every
     session that produced some in that iteration; then the bytes are released in order. Bytes that
     depend on no unwritten event go straight through. (Measured here: one write per event instead of
@@ -386,10 +380,8 @@ class Recorder:
         self.spool = spool
         self.fsync_mode = fsync
         self.fsync_interval = fsync_interval
-        self._pending: list[bytes] = []  # event lines not yet written
-        self._pending_logs: list[SessionLog] = []  # the sessions they belong to, each once
-        self._last_time = 0.0  # time of the newest event appended (see SegmentSummary.add)
-        self._unordered = False
+        # Event lines not yet written, and the sessions they belong to (see SegmentSummary.add).
+        self._pending = PendingEvents()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sync_requests: list[asyncio.Future] = []
         self._sync_cond = threading.Condition()
@@ -408,8 +400,8 @@ class Recorder:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        if self.spool is not None and _EVENTLINE_PROBLEM is not None:
-            logging.getLogger(__name__).warning("%s; recording uses the slower Python formatter", _EVENTLINE_PROBLEM)
+        if self.spool is not None and _EVENTCHAIN_PROBLEM is not None:
+            logging.getLogger(__name__).warning("%s; recording uses the slower Python event chain", _EVENTCHAIN_PROBLEM)
         if self.spool is not None:
             self._thread = threading.Thread(target=self._sync_worker, name="wardgate-audit-fsync", daemon=True)
             self._thread.start()
@@ -431,17 +423,14 @@ class Recorder:
 
     def _write_pending(self) -> None:
         pending = self._pending
-        unordered, self._unordered = self._unordered, False
         try:
-            self.spool.write(b"".join(pending) if len(pending) > 1 else pending[0], self._pending_logs,
-                             len(pending), unordered)
+            self.spool.write(pending.data(), pending.chains, pending.count, pending.unordered)
         except OSError as exc:
-            self._unordered = self._unordered or unordered
+            # The events stay pending, and are written whole when the sink returns.
             self.last_error = f"{exc.strerror or exc}"
             raise AuditUnavailable(f"audit sink cannot be written: {self.last_error}") from None
-        self.events_written += len(pending)
+        self.events_written += pending.count
         pending.clear()
-        self._pending_logs.clear()
 
     def forward(self, destination: Any, data: bytes, owner: Any) -> None:
         """Write ``data`` to ``destination`` (a transport) once every event appended so far is as
@@ -560,25 +549,35 @@ def _resolve_all(futures: list[asyncio.Future], error: str | None) -> None:
                 future.set_exception(AuditUnavailable(error))
 
 
-class SessionLog:
+def _load_fast():
+    """(the compiled event chain module, None) or (None, why it is not used)."""
+    return load_compiled("wardgate.core._eventchain_fast", Path(__file__).with_name("_eventchain_fast.pyx"),
+                         what="audit event chain", disable_env="WARDGATE_AUDIT_PYTHON")
+
+
+_EVENTCHAIN_FAST, _EVENTCHAIN_PROBLEM = _load_fast()
+_chain = _EVENTCHAIN_FAST if _EVENTCHAIN_FAST is not None else eventchain
+PendingEvents = _chain.PendingEvents
+set_test_clock = _chain.set_test_clock  # tests: every event reads this time
+
+
+class SessionLog(_chain.EventChain):
     """The events of one session: a SHA-256 hash chain (``prev_hash`` of each event is the hash of
     the previous event's line, newline included), so a removed, altered or reordered event breaks
-    the chain. The first event's ``prev_hash`` is 64 zeros."""
+    the chain. The first event's ``prev_hash`` is 64 zeros.
 
-    __slots__ = ("recorder", "session_id", "seq", "prev_hash", "_common", "_fixed", "identity", "_sid",
-                 "unwritten", "ended_seq")
+    Appending (``append_event``, and ``decided`` / ``result`` for the two events of every statement) is
+    :class:`wardgate.core.eventchain.EventChain`'s, compiled when built; callers check
+    ``recorder.spool`` first (recording off: nothing is appended)."""
+
+    __slots__ = ("recorder", "_common", "identity")
 
     def __init__(self, recorder: Recorder, session_id: str, common: dict[str, Any]):
+        super().__init__(recorder._pending, session_id)
         self.recorder = recorder
-        self.session_id = session_id
-        self._sid = session_id.encode()
-        self.seq = 0
-        self.prev_hash = GENESIS_HASH.encode()
         self._common = {"v": EVENT_FORMAT_VERSION, "session": session_id, **common}
         self.identity: dict[str, Any] | None = None
-        self._fixed = self._serialize_fixed()
-        self.unwritten = 0  # events appended to the recorder and not yet written (SegmentSummary)
-        self.ended_seq: int | None = None
+        self.fixed = self._serialize_fixed()
 
     def _serialize_fixed(self) -> bytes:
         # The fields every event of the session repeats are serialized once; each event only
@@ -587,66 +586,13 @@ class SessionLog:
 
     def set_identity(self, principal: Principal) -> None:
         self.identity = {"issuer": principal.issuer, "subject": principal.subject}
-        self._fixed = self._serialize_fixed()
+        self.fixed = self._serialize_fixed()
 
     def emit(self, event_type: str, fields: dict[str, Any]) -> str:
-        """Append one event; return its id."""
+        """Append one event; return its id ("" when recording is off)."""
         if self.recorder.spool is None:
             return ""
-        return self.emit_json(event_type, orjson.dumps(fields)[1:-1])
-
-    def emit_json(self, event_type: str, members: bytes) -> str:
-        """Append one event whose own fields are given already serialized: JSON object members
-        without the braces (``b'"a":1,"b":null'``, or ``b""``). Callers on the per-statement path
-        serialize what does not change once and pass the bytes; returns the event id."""
-        recorder = self.recorder
-        if recorder.spool is None:
-            return ""
-        self.seq = seq = self.seq + 1
-        now = _time()
-        if now < recorder._last_time:
-            recorder._unordered = True
-        recorder._last_time = now
-        line, self.prev_hash = _event_line(self._sid, seq, now, event_type.encode(), members, self._fixed,
-                                           self.prev_hash)
-        recorder._pending.append(line)
-        if not self.unwritten:
-            recorder._pending_logs.append(self)
-        self.unwritten += 1
-        if event_type == "session.ended":
-            self.ended_seq = seq
-        return f"{self.session_id}-{seq:06d}"
-
-
-# id, session and type are our own ASCII tokens: formatted directly, only fields need JSON.
-_LINE = b'{"id":"%b-%06d","time":"%b.%06dZ","type":"%b","seq":%d%b%b%b,"prev_hash":"%b"}\n'
-_time = time.time
-_strftime = time.strftime
-_gmtime = time.gmtime
-_sha256 = hashlib.sha256
-
-
-def _event_line_python(sid: bytes, seq: int, now: float, event_type: bytes, members: bytes, fixed: bytes,
-                       prev_hash: bytes) -> tuple[bytes, bytes]:
-    """``(line, sha256_hex)`` of one event: the reference for (and fallback of) the compiled
-    ``_eventline_fast.event_line``, which must return the same bytes."""
-    second = int(now)
-    cache = _second_cache
-    if cache[0] != second:  # the date and time text is formatted once per second
-        cache[0], cache[1] = second, _strftime("%Y-%m-%dT%H:%M:%S", _gmtime(second)).encode()
-    line = _LINE % (sid, seq, cache[1], int((now - second) * 1_000_000), event_type, seq,
-                    b"," if members else b"", members, fixed, prev_hash)
-    return line, _sha256(line).hexdigest().encode()
-
-
-def _load_fast():
-    """(the compiled event line formatter, None) or (None, why it is not used)."""
-    return load_compiled("wardgate.core._eventline_fast", Path(__file__).with_name("_eventline_fast.pyx"),
-                         what="audit event line formatter", disable_env="WARDGATE_AUDIT_PYTHON")
-
-
-_EVENTLINE_FAST, _EVENTLINE_PROBLEM = _load_fast()
-_event_line = _EVENTLINE_FAST.event_line if _EVENTLINE_FAST is not None else _event_line_python
+        return self.append_event(event_type, orjson.dumps(fields)[1:-1])
 
 
 def end_crashed_sessions(recorder: Recorder, recovered: list[Path], gateway_id: str) -> list[str]:
@@ -680,7 +626,7 @@ def end_crashed_sessions(recorder: Recorder, recovered: list[Path], gateway_id: 
         log.seq = event["seq"]
         log.prev_hash = hashlib.sha256(line).hexdigest().encode()
         log.identity = event.get("identity")
-        log._fixed = log._serialize_fixed()
+        log.fixed = log._serialize_fixed()
         log.emit("session.ended", {
             "reason": f"the gateway stopped without ending this session (it crashed or was killed); "
                       f"recorded when gateway {gateway_id} recovered its trail",

@@ -19,7 +19,7 @@ from wardgate.core.identity import AuthenticationError, TokenVerifier
 from wardgate.core.model import Command, Decision, Principal, Verdict, duration_text
 from wardgate.core.policy import Policy
 from wardgate.core.masking import MaskStrategy, mask_findings, scan
-from wardgate.core.sqlclass import Classification, StatementClass, SqlParseError, classify
+from wardgate.core.sqlclass import Classification, StatementClass, SqlParseError, classify, warn_if_not_compiled
 
 
 class Observer(Protocol):
@@ -71,6 +71,7 @@ class DecisionCore:
         # every command is refused with this message until it is cleared.
         self.refusing: str | None = None
         self.grant_refresh = grant_refresh
+        warn_if_not_compiled()
         # Facts about the gateway itself (policy loads…) form their own chain.
         self.system_log = SessionLog(recorder, f"gateway-{gateway_id}", {"gateway": gateway_id})
 
@@ -245,10 +246,8 @@ class Session:
             entry = _DECIDED_MEMBERS.get(id(decision))
             if entry is None or entry[0] is not decision or entry[1] is not policy:
                 entry = _decided_members(decision, policy)
-            event_id = log.emit_json("command.decided", b"%b,%b" % (_dumps({
-                "kind": command.kind, "statement": command.text, "statement_name": command.statement_name,
-                "fingerprint": classification.fingerprint if classification is not None else None,
-            })[1:-1], entry[2]))
+            event_id = log.decided(command.kind, command.text, command.statement_name,
+                                   classification.fingerprint if classification is not None else None, entry[2])
         else:
             event_id = ""
         self.core.observer.decided(self.protocol, decision.verdict)
@@ -420,11 +419,7 @@ class Session:
         """Record what a decided command did (``ok``, ``error``, ``suspended``, ``refused``)."""
         log = self.log
         if log.recorder.spool is not None:
-            # One per statement: everything but the tag and the error is a token or a number.
-            log.emit_json("command.result", _RESULT % (
-                _dumps(command_event), _dumps(status), b"null" if rows is None else b"%d" % rows,
-                _dumps(tag), b"null" if error is None else _dumps(error),
-                b"null" if seconds is None else b"%d" % int(seconds * 1_000_000)))
+            log.result(command_event, status, rows, tag, None if error is None else _dumps(error), seconds)
         if seconds is not None:
             self.core.observer.command_finished(self.protocol, seconds)
 
@@ -451,8 +446,6 @@ class Session:
 
 
 _dumps = orjson.dumps
-# command.result members, in the order they always had (controls: AU-3, AU-12).
-_RESULT = b'"command":%b,"status":%b,"rows":%b,"tag":%b,"error":%b,"duration_us":%b,"controls":["AU-3","AU-12"]'
 # id(decision) → (decision, policy, the decision's members of a command.decided event). Decisions are
 # cached by the policy, so a statement shape reuses one object; the entry holds a reference to it,
 # so the id cannot be reused while it is here, and the identity checks confirm a hit.

@@ -161,10 +161,12 @@ for SELECT … FOR UPDATE, and "SELECT INTO".
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import pglast
 from pglast import ast as A
@@ -178,6 +180,8 @@ from pglast.enums.parsenodes import (
 )
 from pglast.enums.lockdefs import AccessShareLock
 from pglast.enums.primnodes import BoolExprType, BoolTestType, NullTestType
+
+from wardgate.core.compiled import load_compiled
 
 __all__ = [
     "ADMIN_FUNCTIONS", "ADMIN_FUNCTION_PREFIXES", "ADMIN_SETTINGS", "CLASSES", "Classification", "ENCODING_CHANGE",
@@ -335,13 +339,34 @@ _TEMPLATE_TEXT = re.compile(r"[A-Za-z0-9_ \t\r\n(),;=<>+*/.%!|&~^@#\[\]{}?:-]*")
 _INT4_LITERAL = re.compile(r"(?<![A-Za-z0-9_.])[0-9]{1,9}(?![A-Za-z0-9_.])")
 
 
-def _template_pieces(sql: str) -> tuple[str, ...] | None:
-    """The text around its int4 literals, or None when the text is not plain enough to say."""
+def _template_pieces_python(sql: str) -> tuple[str, ...] | None:
+    """The text around its int4 literals, or None when the text is not plain enough to say. (The
+    reference of, and fallback for, the compiled ``_sqltemplate_fast.template_pieces``.)"""
     if (len(sql) > _TEMPLATE_MAX_CHARS or "--" in sql or "/*" in sql
             or _TEMPLATE_TEXT.fullmatch(sql) is None):
         return None
     pieces = tuple(_INT4_LITERAL.split(sql))
     return pieces if len(pieces) > 1 else None
+
+
+def _load_fast():
+    """(the compiled template splitter, None) or (None, why it is not used)."""
+    return load_compiled("wardgate.core._sqltemplate_fast", Path(__file__).with_name("_sqltemplate_fast.pyx"),
+                         what="SQL template splitter", disable_env="WARDGATE_SQLCLASS_PYTHON")
+
+
+_TEMPLATE_FAST, _TEMPLATE_PROBLEM = _load_fast()
+_template_pieces = _TEMPLATE_FAST.template_pieces if _TEMPLATE_FAST is not None else _template_pieces_python
+_warned = False
+
+
+def warn_if_not_compiled() -> None:
+    """Log once that the compiled template splitter is not in use (and why), if it is not."""
+    global _warned
+    if _TEMPLATE_PROBLEM is not None and not _warned:
+        _warned = True
+        logging.getLogger(__name__).warning("%s; classifying with the Python implementation (slower, same result)",
+                                            _TEMPLATE_PROBLEM)
 
 
 def _remember_template(pieces: tuple[str, ...], normalized: str, result: Classification) -> None:
