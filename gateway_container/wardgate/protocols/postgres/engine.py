@@ -20,6 +20,7 @@ import re
 import logging
 import secrets
 import ssl
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ _ALLOW = Verdict.ALLOW  # enum member lookups go through a descriptor in 3.11: l
 # A Describe the gateway sends itself (to learn a masked portal's columns); its answer is not relayed.
 _INJECTED_DESCRIBE = -1
 _COPY_CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
+# A message's length field, read in place: ~4x cheaper than int.from_bytes of a slice, per message.
+_length_at = struct.Struct("!I").unpack_from
 
 
 class _LimitExceeded(Exception):
@@ -469,7 +472,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             while size - pos >= 5:
                 kind = data[pos]
-                length = int.from_bytes(data[pos + 1:pos + 5], "big")
+                length = _length_at(data, pos + 1)[0]
                 if length < 4 or length > wire.MAX_MESSAGE:
                     raise wire.ProtocolViolation(f"invalid message length {length} for message {chr(kind)!r}")
                 end = pos + 1 + length
@@ -762,7 +765,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             while size - pos >= 5:
                 kind = data[pos]
-                length = int.from_bytes(data[pos + 1:pos + 5], "big")
+                length = _length_at(data, pos + 1)[0]
                 end = pos + 1 + length
                 if end > size:
                     if (kind == 68 or kind == 100) and not (pending and pending[0][4] is not None) and not self._limits:
