@@ -84,6 +84,21 @@ def test_compiled_and_python_chains_write_identical_bytes_on_random_events() -> 
     for mine, theirs in zip(got_chains, expected_chains):
         assert (mine.seq, mine.prev_hash, mine.unwritten, mine.ended_seq) == \
                (theirs.seq, theirs.prev_hash, theirs.unwritten, theirs.ended_seq)
+    # what a segment's digest is told about the sessions, written in two batches
+    got_sessions: dict = {}
+    expected_sessions: dict = {}
+    for pending, sessions in ((got, got_sessions), (expected, expected_sessions)):
+        pending.account(sessions)
+        pending.clear()
+    for chains, implementation in ((got_chains, fast), (expected_chains, eventchain)):
+        assert all(chain.unwritten == 0 for chain in chains)
+        implementation.set_test_clock(1_900_000_000.0)
+        chains[1].append_event("session.ended", b"")
+    got.account(got_sessions)
+    expected.account(expected_sessions)
+    assert got_sessions == expected_sessions
+    first, last, last_hash, ended = got_sessions[session_ids[1]]
+    assert (first, last, last_hash, ended) == (1, got_chains[1].seq, got_chains[1].prev_hash, True)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -239,6 +239,24 @@ cdef class PendingEvents:
         """Every unwritten line, in order."""
         return PyBytes_FromStringAndSize(self._buffer, self._size)
 
+    def account(self, dict sessions):
+        """Fold the chains of the unwritten lines into a segment's ``sessions``; see the reference."""
+        cdef EventChain chain
+        cdef list entry
+        for item in self.chains:
+            chain = <EventChain>item
+            entry = sessions.get(chain.session_id)
+            if entry is None:
+                entry = [chain.seq - chain.unwritten + 1, chain.seq,
+                         PyBytes_FromStringAndSize(chain._prev_hash, 64), False]
+                sessions[chain.session_id] = entry
+            else:
+                entry[1] = chain.seq
+                entry[2] = PyBytes_FromStringAndSize(chain._prev_hash, 64)
+            if chain.ended_seq is not None and chain.ended_seq >= entry[0]:
+                entry[3] = True
+            chain.unwritten = 0
+
     def clear(self):
         """Forget the unwritten lines (they were written); ``last_time`` stays."""
         cdef char *smaller

@@ -74,14 +74,14 @@ class SegmentSummary:
         self.exact = True  # False once bytes were written without their sessions: parse at the seal
         self._last_data: bytes | None = None  # the latest write: its last line is the latest time so far
 
-    def add(self, logs: list[SessionLog], data: bytes, events: int, unordered: bool) -> None:
-        """Account for ``data`` (whole lines, ``events`` of them) just written, holding every
-        unwritten event of ``logs``. ``unordered``: some event in it is earlier than the event
-        appended before it."""
+    def add(self, pending: PendingEvents, data: bytes) -> None:
+        """Account for ``data`` just written: exactly the lines of ``pending`` (whose ``unordered``
+        says that some event in it is earlier than the event appended before it)."""
+        events = pending.count
         if not events:
             return
         self.events += events
-        if unordered:
+        if pending.unordered:
             if self._last_data is not None:
                 self._fold(_last_line_time(self._last_data))
             for line in data.splitlines():
@@ -89,18 +89,7 @@ class SegmentSummary:
         elif self.first_time is None:
             self.first_time = _line_time(data, 0)
         self._last_data = data
-        sessions = self.sessions
-        for log in logs:
-            seq = log.seq
-            entry = sessions.get(log.session_id)
-            if entry is None:
-                sessions[log.session_id] = entry = [seq - log.unwritten + 1, seq, log.prev_hash, False]
-            else:
-                entry[1] = seq
-                entry[2] = log.prev_hash
-            if log.ended_seq is not None and log.ended_seq >= entry[0]:
-                entry[3] = True
-            log.unwritten = 0
+        pending.account(self.sessions)
 
     def _fold(self, time: str) -> None:
         if self.first_time is None or time < self.first_time:
@@ -219,12 +208,10 @@ class FileSpool:
             return True
         return False
 
-    def write(self, data: bytes, logs: list[SessionLog] | None = None, events: int = 0,
-              unordered: bool = False) -> None:
-        """Append ``data``: whole event lines, ``events`` of them, of the sessions ``logs`` (each
-        once, every event of theirs that is not yet written). The segment's digest summary is kept
-        from these as they are written, so sealing does not parse the segment again. Without
-        ``logs`` (tests, tools), the summary is taken from the bytes at the seal."""
+    def write(self, data: bytes, pending: PendingEvents | None = None) -> None:
+        """Append ``data``: whole event lines, exactly those of ``pending``. The segment's digest
+        summary is kept from ``pending`` as it is written, so sealing does not parse the segment
+        again. Without ``pending`` (tests, tools), the summary is taken from the bytes at the seal."""
         if self._fd is None:
             self._open()
         try:
@@ -243,8 +230,8 @@ class FileSpool:
                 pass
             raise
         self._size += len(data)
-        if logs is not None:
-            self._summary.add(logs, data, events, unordered)
+        if pending is not None:
+            self._summary.add(pending, data)
         else:
             self._summary.exact = False
         if self._size >= self.segment_bytes:
@@ -424,7 +411,7 @@ class Recorder:
     def _write_pending(self) -> None:
         pending = self._pending
         try:
-            self.spool.write(pending.data(), pending.chains, pending.count, pending.unordered)
+            self.spool.write(pending.data(), pending)
         except OSError as exc:
             # The events stay pending, and are written whole when the sink returns.
             self.last_error = f"{exc.strerror or exc}"

@@ -66,6 +66,22 @@ class PendingEvents:
         lines = self.lines
         return lines[0] if len(lines) == 1 else b"".join(lines)
 
+    def account(self, sessions: dict[str, list]) -> None:
+        """Fold the chains of the unwritten lines (just written) into a segment's ``sessions``
+        (session id → [first seq, last seq, hash of the last line, ended]) and reset their
+        ``unwritten``. Called once per write, so sealing never has to parse the segment."""
+        for chain in self.chains:
+            seq = chain.seq
+            entry = sessions.get(chain.session_id)
+            if entry is None:
+                sessions[chain.session_id] = entry = [seq - chain.unwritten + 1, seq, chain.prev_hash, False]
+            else:
+                entry[1] = seq
+                entry[2] = chain.prev_hash
+            if chain.ended_seq is not None and chain.ended_seq >= entry[0]:
+                entry[3] = True
+            chain.unwritten = 0
+
     def clear(self) -> None:
         """Forget the unwritten lines (they were written); ``last_time`` stays."""
         self.lines.clear()
