@@ -29,7 +29,7 @@ demo: venv
 	$(BIN)/python -m wardgate.devtools.demo
 
 bench: venv
-	$(BIN)/python bench/pg_overhead.py --audit-modes off,write,always --repeat 2
+	$(BIN)/python bench/pg_overhead.py --audit-modes off,write,always --repeat 3
 	$(BIN)/python bench/audit_verify_speed.py
 	$(BIN)/python bench/approval_latency.py
 

@@ -111,7 +111,7 @@ def _last_line_time(data: bytes) -> str:
 
 
 def _line_time(data: bytes, start: int) -> str:
-    """The ``time`` of the event line at ``start`` (lines are written by SessionLog.emit_json)."""
+    """The ``time`` of the event line at ``start`` (lines are written by an EventChain)."""
     begin = data.index(b'"time":"', start) + 8
     return data[begin:data.index(b'"', begin)].decode()
 
