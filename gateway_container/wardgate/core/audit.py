@@ -356,10 +356,11 @@ class Recorder:
     """Collects events from all sessions of a gateway and commits them to the sink.
 
     Sessions append events to their :class:`SessionLog` (in the event loop; the lines collect in one
-    :class:`PendingEvents`), then hand the bytes that depend on those events to :meth:`forward`. Forwarded bytes wait for the end of the event-loop iteration, when one
-    ``write(2)`` (and, in ``always`` mode, one fsync in the writer thread) covers the events of every
-    session that produced some in that iteration; then the bytes are released in order. Bytes that
-    depend on no unwritten event go straight through. (Measured here: one write per event instead of
+    :class:`PendingEvents`), then hand the bytes that depend on those events to :meth:`forward`.
+    Forwarded bytes wait for the end of the event-loop iteration, when one ``write(2)`` (and, in
+    ``always`` mode, one fsync in the writer thread) covers the events of every session that produced
+    some in that iteration; then the bytes are released in order. Bytes that depend on no unwritten
+    event go straight through. (Measured here: one write per event instead of
     one per iteration costs about a third more gateway CPU per transaction under 8 clients.)
     """
 
