@@ -12,9 +12,11 @@ reasons, statement classes, request ids) match the code's own.
 from __future__ import annotations
 
 import ast
+import asyncio
 import copy
 import json
 import re
+import types
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from wardgate.core.audit import (EVENT_FORMAT_VERSION, FileSpool, Recorder, Sess
                                  read_segment)
 from wardgate.core.identity import AuthenticationError
 from wardgate.core.integrity import DIGEST_FORMAT_VERSION, LocalEd25519Signer, build_digest
-from wardgate.core.model import Command, Principal
+from wardgate.core.model import Approval, Command, Decision, Principal, Verdict
 from wardgate.core.policy import AllowAll
 from wardgate.core.session import DecisionCore
 from wardgate.core.sqlclass import CLASSES
@@ -60,7 +62,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "approval.failed": {**_envelope("approval.failed"), "command": f"{SESSION}-000004",
                         "error": "decision store unavailable: table not found", "controls": ["AC-3", "AU-5"]},
     "approval.store_unavailable": {**_envelope("approval.store_unavailable"), "request": "apr-" + "0" * 20,
-                                   "error": "throttled"},
+                                   "error": "throttled", "controls": ["AC-3", "AU-5"]},
     "access.grants_unavailable": {**_envelope("access.grants_unavailable"), "error": "timed out",
                                   "controls": ["AC-2"]},
     "session.refused": {**_envelope("session.refused", identity=None), "reason": "tls_handshake_failed",
@@ -354,3 +356,46 @@ def test_the_session_end_written_after_a_crash_validates(events, tmp_path):
     assert recovered and recovered[0]["last_event"] == "001a209b8087d6c2489fea7a0-000001"
     for event in _written_events(directory):
         assert _errors(events, event) == [], event
+
+
+class _UnreachableStore:
+    """An approval broker whose store stores the request, then cannot be read or written."""
+
+    def request_statement(self, requester, **fields):
+        return types.SimpleNamespace(id="apr-" + "1" * 20)
+
+    def outcome(self, request_id):
+        raise OSError("store throttled")
+
+    def expire(self, request_id):
+        raise OSError("store throttled")
+
+    def withdraw(self, request_id, reason):
+        raise OSError("store throttled")
+
+    def active_grants(self, principal, resource):
+        return ()
+
+
+def test_a_held_command_whose_store_fails_is_refused_with_events_that_validate(events, tmp_path):
+    recorder = Recorder(FileSpool(tmp_path / "audit", "46081b88f5a7"))
+    core = DecisionCore(verifier=None, policy=AllowAll(), recorder=recorder, gateway_id="46081b88f5a7",
+                        approvals=_UnreachableStore())
+    session = core.open_session(protocol="postgres", resource="orders-prod", peer="127.0.0.1:5000", tls=True,
+                                client={"claimed_user": "ci", "application_name": None, "agent": None})
+    principal = Principal("https://issuer.example", "repo:acme/app", ("ci",), {})
+    session.principal = principal
+    session.log.set_identity(principal)
+    review = Decision(Verdict.REVIEW, "review-prod-changes", "DELETE needs approval",
+                      approval=Approval(("dba",), timeout=0.05))
+    outcome = asyncio.run(session.await_approval(review, f"{session.id}-000002", "DELETE FROM orders"))
+    assert outcome.verdict == Verdict.DENY  # never run without a recorded outcome
+    recorder.commit()
+    written = [e for e in _written_events(tmp_path / "audit") if e["session"] == session.id]
+    failures = [e for e in written if e["type"] == "approval.store_unavailable"]
+    assert failures and all(e["controls"] == ["AC-3", "AU-5"] and "store throttled" in e["error"]
+                            for e in failures)
+    for event in written:
+        assert _errors(events, event) == [], event
+    older = {k: v for k, v in failures[0].items() if k != "controls"}  # written by gateways before controls
+    assert _errors(events, older) == []

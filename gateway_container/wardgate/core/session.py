@@ -42,6 +42,8 @@ class NullObserver:
 
 _UNPARSEABLE_CONTROLS = ("AC-3", "SI-10")
 _AUDIT_DOWN_CONTROLS = ("AU-5", "AC-3")
+# The approval store cannot be read or written: the held command waits or is refused, never run unrecorded.
+_STORE_DOWN_CONTROLS = ("AC-3", "AU-5")
 _ALLOW = Verdict.ALLOW
 _REVIEW = Verdict.REVIEW
 # Secrets and PII inside a held statement are redacted in the approval request (the approver sees
@@ -392,7 +394,8 @@ class Session:
             try:
                 outcome = await asyncio.to_thread(broker.outcome, request_id)
             except Exception as exc:  # keep waiting: the deadline still bounds the hold
-                self.log.emit("approval.store_unavailable", {"request": request_id, "error": str(exc)})
+                self.log.emit("approval.store_unavailable", {"request": request_id, "error": str(exc),
+                                                              "controls": list(_STORE_DOWN_CONTROLS)})
                 outcome = None
             if outcome is not None:
                 return outcome
@@ -403,7 +406,8 @@ class Session:
                 if time.time() >= deadline:
                     return await asyncio.to_thread(broker.expire, request_id)
             except Exception as exc:  # cannot write the outcome: refuse locally, never run it
-                self.log.emit("approval.store_unavailable", {"request": request_id, "error": str(exc)})
+                self.log.emit("approval.store_unavailable", {"request": request_id, "error": str(exc),
+                                                              "controls": list(_STORE_DOWN_CONTROLS)})
                 return None
             await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.time())))
 
