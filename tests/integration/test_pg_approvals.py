@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -226,20 +225,40 @@ def test_client_cancel_withdraws_the_request(make_gw, postgres):
     assert postgres.run_sql(f"SELECT count(*) FROM {table}", dbname="orders").strip() == "0"
 
 
-def test_session_scope_approval_covers_later_statements_of_the_rule(make_gw, postgres):
+def test_session_scope_approval_lets_the_same_statement_run_again_and_holds_any_other(make_gw, postgres):
+    """scope: session binds to the exact statement and parameters (as a statement approval does) and
+    only spares asking again for that: other parameters, another statement of the same rule, or
+    another session are held again. psycopg sends these as Parse/Bind/Execute, so the parameters are
+    checked at Execute."""
     gw = make_gw(scope="session")
     table = make_table(postgres)
+    postgres.run_sql(f"INSERT INTO {table} VALUES (1), (2), (3)", dbname="orders")
+    delete = f"DELETE FROM {table} WHERE id = %s"
     with psycopg.connect(gw.dsn(agent(gw), PROD), autocommit=True) as conn:
-        held = HeldClient(conn, f"INSERT INTO {table} VALUES (20)")
+        held = HeldClient(conn, delete, (1,))
         assert cli(gw, dba(gw), "approvals", "approve", held.request_id()) == 0
         assert held.result() is None
-        conn.execute(f"INSERT INTO {table} VALUES (21)")  # covered: no second hold
+        again = HeldClient(conn, delete, (1,))  # the same statement, the same parameter: covered
+        assert again.result(timeout=10) is None and not any(HELD.search(n) for n in again.notices)
+        other_value = HeldClient(conn, delete, (2,))  # other parameters: a new request
+        assert cli(gw, dba(gw), "approvals", "deny", other_value.request_id()) == 0
+        assert other_value.result() is not None
+        other_statement = HeldClient(conn, f"INSERT INTO {table} VALUES (21)")  # same rule, other text
+        assert cli(gw, dba(gw), "approvals", "deny", other_statement.request_id()) == 0
+        assert other_statement.result() is not None
     with psycopg.connect(gw.dsn(agent(gw), PROD), autocommit=True) as other:
-        later = HeldClient(other, f"INSERT INTO {table} VALUES (22)")  # another session: held again
-        later.request_id()
+        later = HeldClient(other, delete, (1,))  # another session: held again
         assert cli(gw, dba(gw), "approvals", "deny", later.request_id()) == 0
         assert later.result() is not None
-    assert postgres.run_sql(f"SELECT string_agg(id::text, ',' ORDER BY id) FROM {table}", dbname="orders").strip() == "20,21"
+    assert postgres.run_sql(f"SELECT string_agg(id::text, ',' ORDER BY id) FROM {table}", dbname="orders").strip() == "2,3"
+    decided = [e for e in gw.audit_events() if e["type"] == "command.decided" and e.get("kind") == "execute"]
+    # at Execute: the covered run, then the other parameter held again (the other session had no approval:
+    # it was held on its Parse decision, as before)
+    assert [e["decision"] for e in decided] == ["allow", "review"]
+    assert decided[0]["message"].startswith("covered by approval ")
+    # psycopg sends a statement without parameters as a simple query: decided (and not covered) as one
+    inserts = [e for e in gw.audit_events() if e["type"] == "command.decided" and "VALUES (21)" in e["statement"]]
+    assert [(e["kind"], e["decision"]) for e in inserts] == [("query", "review")]
 
 
 def test_quorum_of_two_needs_two_distinct_approvers(make_gw, postgres, capsys):

@@ -11,8 +11,8 @@ decision. Only the held client waits: other sessions are untouched.
 
 An approval binds to the command: the request carries :func:`command_hash` of the exact text and
 parameters, and the adapter forwards only the bytes it held. ``session`` and ``duration`` scopes
-(policy ``approval.scope``) let later commands matching the same rule run in the same session
-without another request.
+(policy ``approval.scope``) let that same command (same text, same parameters) run again in the same
+session without another request; any other command of the rule is held again.
 """
 
 from __future__ import annotations

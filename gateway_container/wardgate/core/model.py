@@ -46,7 +46,8 @@ class Approval:
     """How a ``review`` decision is approved (used by the approval flow)."""
 
     approvers: tuple[str, ...]
-    # "statement": this statement once; "session": the rest of the session; "duration": for ``seconds``.
+    # How often the approved command (exact text and parameters) may run: "statement" once, "session"
+    # for the rest of the session, "duration" for ``seconds``.
     scope: str = "statement"
     seconds: float | None = None
     quorum: int = 1

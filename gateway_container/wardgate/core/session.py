@@ -118,7 +118,9 @@ class Session:
         self._roles: tuple[str, ...] = ()
         # rule name → (time.time() until which an approval with scope session/duration covers it,
         # request id)
-        self._approved_rules: dict[str, tuple[float, str]] = {}
+        # (rule, command hash) → (until, request id): approvals with scope session/duration, each for
+        # the exact statement and parameters it was given for (never another statement of the rule).
+        self._approved: dict[tuple[str, str], tuple[float, str]] = {}
         self._grants: list[Any] = []  # approved JIT access grants (role, expires_at…) for this resource
         self._grants_due = 0.0       # time.monotonic() of the next grant refresh
         self._grants_refreshing = False
@@ -203,8 +205,13 @@ class Session:
         extra = tuple(sorted({g.role for g in live} - set(self._roles)))
         return self._roles + extra if extra else self._roles
 
-    def decide(self, command: Command) -> tuple[Decision, str]:
-        """Decide one command and record the decision. Returns (decision, event id)."""
+    def decide(self, command: Command, parameters: tuple | None = None) -> tuple[Decision, str]:
+        """Decide one command and record the decision. Returns (decision, event id).
+
+        ``parameters`` (hashed as :meth:`await_approval` hashes them) are given when the command runs
+        with them now (a held Execute); a ``review`` decision is then covered by an earlier approval of
+        exactly that statement and those parameters in this session, as a simple query (no
+        parameters) is."""
         self.commands += 1
         policy = self.core.policy
         classification = None
@@ -234,8 +241,8 @@ class Session:
         else:
             decision = policy.decide(self.principal, self.resource, command, classification,
                                      session_started=self.started_at, now=time.time(), roles=self.roles())
-            if decision.verdict is _REVIEW:
-                decision = self._covered_by_approval(decision)
+            if decision.verdict is _REVIEW and self._approved:
+                decision = self._covered_by_approval(decision, command, parameters)
         if decision.verdict is not _ALLOW:
             self.denied += 1
         elif classification is not None and classification.touches_prepared:
@@ -301,18 +308,27 @@ class Session:
         self._exec_cache[id(classification)] = (classification, self._prepared_version, result)
         return result
 
-    def _covered_by_approval(self, decision: Decision) -> Decision:
-        """A ``review`` decision already approved for this session (scope session/duration)."""
-        covered = self._approved_rules.get(decision.rule)
+    def _covered_by_approval(self, decision: Decision, command: Command, parameters: tuple | None) -> Decision:
+        """A ``review`` decision already approved in this session (scope session/duration) for this
+        exact statement and parameters. A Parse or Bind, whose parameters are not known yet, is never
+        covered: it is decided again at its Execute, with them."""
+        if parameters is None and command.kind != "query":
+            return decision
+        key = (decision.rule, command_hash(command.text, parameters or ()))
+        covered = self._approved.get(key)
         if covered is None:
             return decision
         until, request_id = covered
         if time.time() >= until:
-            del self._approved_rules[decision.rule]
+            del self._approved[key]
             return decision
         return Decision(Verdict.ALLOW, decision.rule, f"covered by approval {request_id}",
                         tuple(dict.fromkeys(decision.controls + APPROVAL_CONTROLS)), decision.classes,
                         decision.tables, decision.roles)
+
+    def has_approvals(self, rule: str) -> bool:
+        """Whether an approval of this session (scope session/duration) was given under ``rule``."""
+        return any(key[0] == rule for key in self._approved)
 
     def needs_approval(self, decision: Decision) -> bool:
         """True when the adapter should hold this command (else a review is refused outright)."""
@@ -371,9 +387,9 @@ class Session:
         controls = tuple(dict.fromkeys(decision.controls + APPROVAL_CONTROLS))
         if verdict == "approved":
             if spec.scope == "session":
-                self._approved_rules[decision.rule] = (float("inf"), request.id)
+                self._approved[(decision.rule, digest)] = (float("inf"), request.id)
             elif spec.scope == "duration" and spec.seconds:
-                self._approved_rules[decision.rule] = (time.time() + spec.seconds, request.id)
+                self._approved[(decision.rule, digest)] = (time.time() + spec.seconds, request.id)
             return Decision(Verdict.ALLOW, decision.rule, f"approved by {approver_names(by)} (request {request.id})",
                             controls, decision.classes, decision.tables, decision.roles)
         if verdict == "denied":

@@ -649,7 +649,15 @@ class ClientConnection(asyncio.Protocol):
             if self._review_portals and portal in self._review_portals and not self._discard_until_sync:
                 review_decision, review_event, review_text, params = self._review_portals[portal]
                 if self._preapproved is None:
-                    raise _HoldCommand(review_decision, review_event, review_text, tuple(params))
+                    if not self.session.has_approvals(review_decision.rule):
+                        raise _HoldCommand(review_decision, review_event, review_text, tuple(params))
+                    # An earlier approval in this session (scope session/duration) may cover exactly this
+                    # statement with these parameters: decide again, now that they are known.
+                    decision, event = self.session.decide(Command(PROTOCOL, "execute", review_text),
+                                                          _hashed_parameters(params))
+                    if decision.verdict is not _ALLOW and self.session.needs_approval(decision):
+                        raise _HoldCommand(decision, event, review_text, tuple(params))
+                    self._preapproved = (decision, event)
                 (decision, event), self._preapproved = self._preapproved, None
                 del self._review_portals[portal]  # later Executes continue this same, approved run
                 if decision.verdict is not _ALLOW:
@@ -711,7 +719,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             # Hashed with their wire format (text and binary bytes never collide); shown as text, or
             # as \\x-hex for binary values.
-            hashed = tuple(None if v is None else bytes([48 + code]) + v for code, v in hold.params)
+            hashed = _hashed_parameters(hold.params)
             shown = tuple(None if v is None else v.decode("utf-8", "replace") if code == 0 else "\\x" + v.hex()
                           for code, v in hold.params)
             final = await self.session.await_approval(hold.decision, hold.event, hold.text, hashed,
@@ -1167,6 +1175,12 @@ class _HoldCommand(Exception):
 
 # A held prepared statement is parsed (which runs nothing) and decided again at Execute.
 _PARSE_ONLY = Decision(Verdict.ALLOW, "builtin:parse-before-approval")
+
+
+def _hashed_parameters(params) -> tuple:
+    """Bind parameters as approvals hash them: each value prefixed by its wire format code (text and
+    binary bytes never collide); NULL stays None."""
+    return tuple(None if v is None else bytes([48 + code]) + v for code, v in params)
 
 
 def _refusal_text(decision: Decision) -> str:
