@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from wardgate.core import compiled
 from wardgate.core.masking import MaskReport, MaskStrategy
 from wardgate.protocols.postgres import rowmask
 from wardgate.protocols.postgres.rowmask import ResultMasker
@@ -198,7 +199,7 @@ def test_fallback_warns_once_and_masks_the_same(monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(rowmask, "_FAST", None)
     monkeypatch.setattr(rowmask, "_FAST_PROBLEM", "the compiled DataRow masker is not built (test)")
-    monkeypatch.setattr(rowmask, "_warned", False)
+    monkeypatch.setattr(compiled, "_warned", set())
     plan = (column(0, MaskStrategy.partial(4)),)
     with caplog.at_level(logging.WARNING, logger="wardgate.masking"):
         first = ResultMasker(plan, KEY, MaskReport())

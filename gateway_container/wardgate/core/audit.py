@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 import orjson
 
 from wardgate.core import eventchain
-from wardgate.core.compiled import load_compiled
+from wardgate.core.compiled import load_compiled, warn_fallback
 from wardgate.core.files import create_file_atomically, file_url_path
 from wardgate.core.integrity import (build_digest, digest_path_for, encode_digest,
                                      export_public_key, gateway_of_segment, newest_digest, segment_number)
@@ -388,9 +388,8 @@ class Recorder:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        if self.spool is not None and _EVENTCHAIN_PROBLEM is not None:
-            logging.getLogger(__name__).warning("%s; recording uses the slower Python event chain", _EVENTCHAIN_PROBLEM)
         if self.spool is not None:
+            warn_fallback(_EVENTCHAIN_PROBLEM, "recording uses the slower Python event chain", logging.getLogger(__name__))
             self._thread = threading.Thread(target=self._sync_worker, name="wardgate-audit-fsync", daemon=True)
             self._thread.start()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 from pathlib import Path
 from types import ModuleType
@@ -33,3 +34,15 @@ def load_compiled(module: str, source: Path, *, what: str, disable_env: str) -> 
         return None, (f"the compiled {what} {Path(compiled.__file__).name} was built from another version "
                       f"of {Path(source).name} (stale build; reinstall with `pip install -e .`)")
     return compiled, None
+
+
+_warned: set[str] = set()  # problems already logged in this process
+
+
+def warn_fallback(problem: str | None, consequence: str, logger: logging.Logger) -> None:
+    """Log once per process that a compiled accelerator is not in use: ``problem`` (as
+    :func:`load_compiled` returned it; None: in use, or turned off on purpose) and ``consequence``
+    (what runs instead)."""
+    if problem is not None and problem not in _warned:
+        _warned.add(problem)
+        logger.warning("%s; %s", problem, consequence)

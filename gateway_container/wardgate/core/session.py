@@ -42,7 +42,8 @@ class NullObserver:
 
 _UNPARSEABLE_CONTROLS = ("AC-3", "SI-10")
 _AUDIT_DOWN_CONTROLS = ("AU-5", "AC-3")
-# The approval store cannot be read or written: the held command waits or is refused, never run unrecorded.
+# The approval store cannot be written or read (approval.failed, approval.store_unavailable): the held
+# command waits or is refused, never run without a recorded outcome.
 _STORE_DOWN_CONTROLS = ("AC-3", "AU-5")
 _ALLOW = Verdict.ALLOW
 _REVIEW = Verdict.REVIEW
@@ -358,7 +359,8 @@ class Session:
                 rule=decision.rule, controls=list(decision.controls), approvers=list(spec.approvers),
                 quorum=spec.quorum, scope=spec.scope, scope_seconds=spec.seconds, timeout_seconds=spec.timeout)
         except Exception as exc:  # the request is not stored: nobody could approve it, so refuse
-            self.log.emit("approval.failed", {"command": event, "error": str(exc), "controls": ["AC-3", "AU-5"]})
+            self.log.emit("approval.failed", {"command": event, "error": str(exc),
+                                              "controls": list(_STORE_DOWN_CONTROLS)})
             return Decision(Verdict.DENY, decision.rule,
                             f"statement needs approval, but the approval request could not be stored ({exc})",
                             decision.controls, decision.classes, decision.tables, decision.roles)

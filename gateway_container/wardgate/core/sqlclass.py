@@ -181,7 +181,7 @@ from pglast.enums.parsenodes import (
 from pglast.enums.lockdefs import AccessShareLock
 from pglast.enums.primnodes import BoolExprType, BoolTestType, NullTestType
 
-from wardgate.core.compiled import load_compiled
+from wardgate.core.compiled import load_compiled, warn_fallback
 
 __all__ = [
     "ADMIN_FUNCTIONS", "ADMIN_FUNCTION_PREFIXES", "ADMIN_SETTINGS", "CLASSES", "Classification", "ENCODING_CHANGE",
@@ -357,16 +357,12 @@ def _load_fast():
 
 _TEMPLATE_FAST, _TEMPLATE_PROBLEM = _load_fast()
 _template_pieces = _TEMPLATE_FAST.template_pieces if _TEMPLATE_FAST is not None else _template_pieces_python
-_warned = False
 
 
 def warn_if_not_compiled() -> None:
     """Log once that the compiled template splitter is not in use (and why), if it is not."""
-    global _warned
-    if _TEMPLATE_PROBLEM is not None and not _warned:
-        _warned = True
-        logging.getLogger(__name__).warning("%s; classifying with the Python implementation (slower, same result)",
-                                            _TEMPLATE_PROBLEM)
+    warn_fallback(_TEMPLATE_PROBLEM, "classifying with the Python implementation (slower, same result)",
+                  logging.getLogger(__name__))
 
 
 def _remember_template(pieces: tuple[str, ...], normalized: str, result: Classification) -> None:

@@ -648,17 +648,17 @@ class ClientConnection(asyncio.Protocol):
             ref = portal
             if self._review_portals and portal in self._review_portals and not self._discard_until_sync:
                 review_decision, review_event, review_text, params = self._review_portals[portal]
-                if self._preapproved is None:
-                    if not self.session.has_approvals(review_decision.rule):
-                        raise _HoldCommand(review_decision, review_event, review_text, tuple(params))
+                if self._preapproved is not None:
+                    (decision, event), self._preapproved = self._preapproved, None
+                elif not self.session.has_approvals(review_decision.rule):
+                    raise _HoldCommand(review_decision, review_event, review_text, tuple(params))
+                else:
                     # An earlier approval in this session (scope session/duration) may cover exactly this
                     # statement with these parameters: decide again, now that they are known.
                     decision, event = self.session.decide(Command(PROTOCOL, "execute", review_text),
                                                           _hashed_parameters(params))
                     if decision.verdict is not _ALLOW and self.session.needs_approval(decision):
                         raise _HoldCommand(decision, event, review_text, tuple(params))
-                    self._preapproved = (decision, event)
-                (decision, event), self._preapproved = self._preapproved, None
                 del self._review_portals[portal]  # later Executes continue this same, approved run
                 if decision.verdict is not _ALLOW:
                     self._portals.pop(portal, None)

@@ -28,7 +28,7 @@ from pathlib import Path
 import struct
 from functools import lru_cache
 
-from wardgate.core.compiled import load_compiled
+from wardgate.core.compiled import load_compiled, warn_fallback
 from wardgate.core.masking import MaskReport, MaskStrategy, mask_text, mask_value, value_masker
 
 log = logging.getLogger("wardgate.masking")
@@ -174,19 +174,11 @@ def _load_fast():
 
 
 _FAST, _FAST_PROBLEM = _load_fast()
-_warned = False
 
 
 def fast_available() -> bool:
     """Is the compiled DataRow masker in use (built, from the current source)?"""
     return _FAST is not None
-
-
-def _warn_once() -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        log.warning("%s; masking rows with the Python implementation (slower, same output)", _FAST_PROBLEM)
 
 
 class _PythonRowWalker:
@@ -293,8 +285,7 @@ class ResultMasker:
                 fast_steps.append((index, slot, _KIND_CALL, function))
         self.steps = tuple(steps)
         if fast is None:
-            if _FAST_PROBLEM is not None:
-                _warn_once()
+            warn_fallback(_FAST_PROBLEM, "masking rows with the Python implementation (slower, same output)", log)
             fast = _FAST is not None
         if fast:
             if _FAST is None:
