@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +32,19 @@ def postgres() -> Iterator[ThrowawayPostgres]:
         yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 1 MiB tmpfs to fill (needs root to mount; CI runs as root)."""
+    mountpoint = Path(tempfile.mkdtemp(prefix="wardgate-fulldisk-"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        os.rmdir(mountpoint)
+        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip()})")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+        os.rmdir(mountpoint)

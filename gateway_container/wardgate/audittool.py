@@ -329,7 +329,7 @@ def verify_trail(directory: Path, *, since: str | None = None, until: str | None
         data = seg.path.read_bytes()
         if seg.digest is not None:
             if hashlib.sha256(data).hexdigest() != seg.digest.get("segment_sha256"):
-                report.add(ERROR, "modified_segment", f"segment {seg.name} was modified after sealing")
+                report.add(ERROR, "modified_segment", f"segment {seg.name} was modified after it was written")
         elif not seg.has_digest_file:
             if seg.writable and seg.name + DIGEST_SUFFIX not in named_previous:
                 report.add(WARNING, "unsealed_segment", f"segment {seg.name} is not sealed yet (gateway running?)")

@@ -108,20 +108,6 @@ def test_kill_9_loses_no_event_whose_result_the_client_saw(postgres):
     assert len(ended) == 1 and ended[0]["recovered"] is True and "crashed or was killed" in ended[0]["reason"]
 
 
-@pytest.fixture
-def small_disk():
-    """A 1 MiB tmpfs for the audit directory (needs root to mount; CI runs as root)."""
-    mountpoint = Path(tempfile.mkdtemp(prefix="wardgate-fulldisk-"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip()})")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
-
-
 def test_full_audit_disk_refuses_clearly_and_recovers(small_disk, postgres, make_gateway):
     audit = small_disk / "audit"
     gateway = make_gateway(audit={"sink": f"file://{audit}"})

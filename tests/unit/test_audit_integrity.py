@@ -13,7 +13,7 @@ import pytest
 
 from wardgate.audittool import ERROR, WARNING, verify_events, verify_trail
 from wardgate.cli import main
-from wardgate.core.audit import FileSpool, Recorder, SessionLog, read_segment
+from wardgate.core.audit import FileSpool, Recorder, SessionLog, read_segment, read_segment_bytes
 from wardgate.core.integrity import (DIGEST_SUFFIX, LocalEd25519Signer, canonical, digest_path_for, load_public_key,
                                      verify_signature)
 
@@ -135,7 +135,7 @@ def test_modified_event(trail: Path, capsys) -> None:
     event["time"] = "1999-01-01T00:00:00.000000Z"  # any change of the line
     lines[index] = orjson.dumps(event) + b"\n"
     _rewrite(segment, lines)
-    assert _errors(trail) == {f"segment {segment.name} was modified after sealing",
+    assert _errors(trail) == {f"segment {segment.name} was modified after it was written",
                               f"event {session}#{seq} modified"}
     assert main(["audit", "verify", str(trail)]) == 1
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith("FAILED: 2 problems")
@@ -149,7 +149,7 @@ def test_modified_last_event_of_a_session_is_caught_by_the_digest(trail: Path) -
     event["reason"] = "something else"
     lines[index] = orjson.dumps(event) + b"\n"
     _rewrite(last, lines)
-    assert _errors(trail) == {f"segment {last.name} was modified after sealing",
+    assert _errors(trail) == {f"segment {last.name} was modified after it was written",
                               f"event {event['session']}#{event['seq']} modified"}
 
 
@@ -159,7 +159,7 @@ def test_deleted_event(trail: Path) -> None:
     seq = orjson.loads(lines[index])["seq"]
     del lines[index]
     _rewrite(segment, lines)
-    assert _errors(trail) == {f"segment {segment.name} was modified after sealing",
+    assert _errors(trail) == {f"segment {segment.name} was modified after it was written",
                               f"deleted event(s) seq {seq}..{seq} in session {session}"}
 
 
@@ -189,7 +189,7 @@ def test_reordered_events(trail: Path) -> None:
     lines = read_segment(segment)
     lines[index], lines[index + 1] = lines[index + 1], lines[index]
     _rewrite(segment, lines)
-    assert _errors(trail) == {f"segment {segment.name} was modified after sealing",
+    assert _errors(trail) == {f"segment {segment.name} was modified after it was written",
                               f"events reordered in session {session}"}
 
 
@@ -290,7 +290,41 @@ def test_deleting_the_tail_of_a_session_is_truncation(trail: Path) -> None:
     _rewrite(last, lines)
     errors = _errors(trail)
     assert f"session {session} truncated: no session.ended" in errors
-    assert f"segment {last.name} was modified after sealing" in errors
+    assert f"segment {last.name} was modified after it was written" in errors
+
+
+def test_editing_a_live_segment_before_its_seal_is_caught(tmp_path: Path) -> None:
+    """The digest signs the bytes the gateway wrote, not what the file holds at the seal: an event
+    edited in place in the live segment is reported, though the seal came after the edit; a whole
+    forged session (its own chain intact) put after the last event is not sealed into the trail."""
+    directory = tmp_path / "audit"
+    spool = FileSpool(directory, GATEWAY, segment_bytes=1 << 20, signer=_signer(tmp_path))
+    _record(spool, _plan(("sA",)))
+    live = spool.current_path
+    data = read_segment_bytes(live)
+    at = data.index(b"select 0")
+    with open(live, "r+b") as f:  # the live file is writable by the gateway's user
+        f.seek(at)
+        f.write(b"select 9")
+    spool.close()
+    errors = _errors(directory)
+    assert f"segment {live.name} was modified after it was written" in errors
+    assert any(e.startswith("event sA#") and e.endswith(" modified") for e in errors)
+
+    directory = tmp_path / "audit2"
+    spool = FileSpool(directory, GATEWAY, segment_bytes=1 << 20, signer=_signer(tmp_path))
+    _record(spool, _plan(("sA",)))
+    forged_dir = tmp_path / "forged"
+    forged = FileSpool(forged_dir, GATEWAY, segment_bytes=1 << 20)
+    _record(forged, _plan(("sZ",))[1:])
+    forged.close()
+    live = spool.current_path
+    with open(live, "r+b") as f:
+        f.seek(len(read_segment_bytes(live)))
+        f.write(read_segment_bytes(_segments(forged_dir)[0]))
+    spool.close()
+    assert _errors(directory) == set()
+    assert {e["session"] for e in _events(live)} == {f"gateway-{GATEWAY}", "sA"}
 
 
 # --- live gateway, crash recovery, restarts, windows ---------------------------------------------------
@@ -314,7 +348,8 @@ def test_recover_seals_and_signs_a_dead_gateways_segment(tmp_path: Path) -> None
     _record(spool, _plan(), gateway="dead01")
     spool.wait_for_seals()  # the segments it had filled were sealed before it died
     leftover = spool.current_path
-    os.close(spool._fd)  # the process died: no seal, the lock is gone
+    spool._map.close()  # the process died: no seal; its mapping and descriptor (the lock) are gone
+    os.close(spool._fd)
     assert verify_trail(directory).findings[0].message.startswith(f"segment {leftover.name} is not sealed")
     restarted = FileSpool(directory, "next01", segment_bytes=2000, signer=_signer(tmp_path))
     assert restarted.recover() == [leftover]

@@ -1,7 +1,8 @@
 """Recording: one JSON event per fact, chained per session, written before the client sees a result.
 
 Durability contract (``audit.fsync``):
-- ``write`` (default): every event is handed to the operating system (``write(2)``) before the
+- ``write`` (default): every event is handed to the operating system (copied into the segment's
+  shared file mapping, i.e. the page cache — see :class:`FileSpool`) before the
   statement it describes reaches the backend and before the client sees any result of it; a crash or
   ``kill -9`` of the gateway loses nothing the client saw. Files are fsynced every ``fsync_interval``
   seconds, so a crash of the whole machine may lose up to that interval.
@@ -18,8 +19,10 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 import fcntl
+import errno
 import hashlib
 import logging
+import mmap
 import os
 import threading
 import time
@@ -116,15 +119,28 @@ def _line_time(data: bytes, start: int) -> str:
     return data[begin:data.index(b'"', begin)].decode()
 
 
+# A live segment is preallocated this far ahead of its last byte (and mapped that far), so copying
+# events into it never needs a block from the file system: with a mapping, a block the file system
+# cannot give is SIGBUS, not an error. Near a full disk, only what the next write needs is reserved.
+_RESERVE_STEP = 4 << 20
+
+
 class FileSpool:
     """Append-only JSON-lines segments in a local directory (the embedded sink, ``file://DIR``).
 
-    Each write is a ``write(2)`` to an ``O_APPEND`` file: once it returns the bytes are in the
-    operating system's page cache and survive a crash or ``kill -9`` of the gateway. (A shared memory
-    mapping avoids the system call but measured slower here: write-protect faults on pages the kernel
-    had written back cost more than the call.) A segment is sealed — fsynced, made read-only — when
-    it reaches ``segment_bytes`` and on close; segments a dead gateway left unsealed are sealed by
-    :meth:`recover` at the next start.
+    Events are copied into a shared memory mapping of the segment (``MAP_SHARED``: the operating
+    system's page cache, exactly where ``write(2)`` would put them), so they survive a crash or
+    ``kill -9`` of the gateway as soon as the copy is done, and ``fsync`` makes them durable as it
+    would written ones. The segment is preallocated ahead of the data (``posix_fallocate``), so a full
+    disk is an ``OSError`` at reservation, before anything is copied, never a fault inside the copy.
+    A live segment therefore ends in NUL bytes (readers stop at the first one, as they do after a
+    machine crash); sealing truncates it to the bytes written. Measured here (session 5): ~4 µs less
+    gateway CPU per pgbench transaction than a ``write(2)`` per event-loop iteration, +5 % TPS. (An
+    earlier mapping of a sparse file measured slower: the file system allocated blocks in page faults.)
+    Where a file cannot be mapped, ``pwrite(2)`` into the preallocated file is used instead.
+
+    A segment is sealed — fsynced, made read-only — when it reaches ``segment_bytes`` and on close;
+    segments a dead gateway left unsealed are sealed by :meth:`recover` at the next start.
     """
 
     def __init__(self, directory: Path, gateway_id: str, segment_bytes: int = 64 << 20, *,
@@ -140,11 +156,20 @@ class FileSpool:
         self._fd: int | None = None
         self._path: Path | None = None
         self._size = 0
+        self._allocated = 0  # bytes of the live segment preallocated (its file length until sealed)
+        self._map: mmap.mmap | None = None
+        self._map_start = 0  # file offsets the mapping covers: [_map_start, _map_end)
+        self._map_end = 0
+        self._mapping_works = True
         self._segment_number = 0
         self._sealer: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # guards fd swaps against the fsync thread
         self.recovered: list[Path] = []
         self._summary = SegmentSummary()
+        # SHA-256 of the bytes written to the current segment, so its digest signs what this gateway
+        # wrote: no reading the segment back at the seal, and an edit of the live file before the
+        # seal shows at verification like one after it.
+        self._hasher = hashlib.sha256()
 
     @property
     def current_path(self) -> Path | None:
@@ -174,6 +199,7 @@ class FileSpool:
                 os.close(fd)
                 continue  # a live gateway is writing it
             try:
+                _truncate_preallocated_tail(fd)
                 os.fsync(fd)
                 if self.signer is not None and not digest_path_for(path).exists():
                     self._write_digest(path, recovered=True)
@@ -191,13 +217,16 @@ class FileSpool:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             path = self.directory / f"{stamp}-{self.gateway_id}-{self._segment_number:06d}.jsonl"
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)  # read: to map it
                 break
             except FileExistsError:
                 continue
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells recover() of other gateways: alive
         self._fd, self._path, self._size = fd, path, 0
+        self._allocated = self._map_start = self._map_end = 0
+        self._map = None
         self._summary = SegmentSummary()
+        self._hasher = hashlib.sha256()
         self._opened_at = time.monotonic()
 
     def rotate_if_older(self, seconds: float) -> bool:
@@ -214,28 +243,77 @@ class FileSpool:
         again. Without ``pending`` (tests, tools), the summary is taken from the bytes at the seal."""
         if self._fd is None:
             self._open()
-        try:
-            written = os.write(self._fd, data)
-            if written != len(data):  # a short write to a regular file: disk full, quota
-                view = memoryview(data)[written:]
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
-        except OSError:
-            # Undo a partial write, so the segment never holds a torn line; the events stay queued
-            # and are written whole when space returns.
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
-            raise
-        self._size += len(data)
+        start = self._size
+        end = start + len(data)
+        if end <= self._map_end:  # the common case: one copy into the mapped, preallocated segment
+            self._map[start - self._map_start:end - self._map_start] = data
+        else:
+            # Raises OSError with nothing of ``data`` in the segment (no torn line): the events stay
+            # queued and are written whole when space returns.
+            self._write_beyond_mapping(data, start, end)
+        self._size = end
+        self._hasher.update(data)
         if pending is not None:
             self._summary.add(pending, data)
         else:
             self._summary.exact = False
         if self._size >= self.segment_bytes:
             self._rotate()
+
+    def _write_beyond_mapping(self, data: bytes, start: int, end: int) -> None:
+        self._reserve(end)
+        if self._mapping_works:
+            if self._map is not None:
+                self._map.close()
+                self._map = None
+            base = start - start % mmap.ALLOCATIONGRANULARITY
+            try:
+                self._map = mmap.mmap(self._fd, self._allocated - base, offset=base)
+            except OSError as exc:  # a file system without shared writable mappings
+                self._mapping_works = False
+                self._map_end = 0
+                logging.getLogger(__name__).warning(
+                    "audit segments in %s cannot be mapped (%s): writing them with pwrite(2)",
+                    self.directory, exc.strerror or exc)
+            else:
+                self._map_start, self._map_end = base, self._allocated
+                self._map[start - base:end - base] = data
+                return
+        view = memoryview(data)
+        at = start
+        try:
+            while view:
+                written = os.pwrite(self._fd, view, at)
+                view, at = view[written:], at + written
+        except OSError:
+            if at > start:  # no torn line: zeros read as "no more events"; the space is preallocated
+                try:
+                    os.pwrite(self._fd, bytes(at - start), start)
+                except OSError:
+                    pass
+            raise
+
+    def _reserve(self, end: int) -> None:
+        """Preallocate the live segment to at least ``end`` bytes: a step ahead when the disk has
+        room, else just ``end`` (rounded to a page), else OSError (ENOSPC, EDQUOT, EIO)."""
+        if end <= self._allocated:
+            return
+        wanted = end + _RESERVE_STEP - end % _RESERVE_STEP
+        try:
+            os.posix_fallocate(self._fd, self._allocated, wanted - self._allocated)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            wanted = -(-end // mmap.PAGESIZE) * mmap.PAGESIZE
+            os.posix_fallocate(self._fd, self._allocated, wanted - self._allocated)
+        self._allocated = wanted
+
+    def _detach(self) -> tuple[int, Path, int, mmap.mmap | None]:
+        """Take the live segment away from the writer (under the lock the fsync thread takes)."""
+        with self._lock:
+            detached = self._fd, self._path, self._size, self._map
+            self._fd, self._map, self._map_end = None, None, 0
+        return detached
 
     def sync(self) -> None:
         with self._lock:
@@ -250,14 +328,13 @@ class FileSpool:
         """Seal the full segment in the background (fsync, digest: reading and hashing a whole
         segment must not stall the event loop); the next write opens a new one. Seals run one at a
         time, in order, so the digest chain follows the segments."""
-        with self._lock:
-            if self._fd is None:
-                return
-            fd, path, summary = self._fd, self._path, self._summary
-            self._fd = None
+        if self._fd is None:
+            return
+        summary, hasher = self._summary, self._hasher
+        fd, path, size, mapping = self._detach()
         if self._sealer is None:
             self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wardgate-audit-seal")
-        self._sealer.submit(self._seal, fd, path, summary)
+        self._sealer.submit(self._seal, fd, path, size, mapping, summary, hasher)
 
     def wait_for_seals(self) -> None:
         """Block until the segments rotated so far are sealed (tests, shutdown)."""
@@ -268,22 +345,24 @@ class FileSpool:
         if self._sealer is not None:
             self._sealer.shutdown(wait=True)  # earlier segments first: the digest chain is ordered
             self._sealer = None
-        with self._lock:
-            if self._fd is None:
-                return
-            fd, path, summary = self._fd, self._path, self._summary
-            self._fd = None
-        self._seal(fd, path, summary)
+        if self._fd is None:
+            return
+        summary, hasher = self._summary, self._hasher
+        self._seal(*self._detach(), summary, hasher)
 
-    def _seal(self, fd: int, path: Path, summary: SegmentSummary | None = None) -> None:
+    def _seal(self, fd: int, path: Path, size: int, mapping: mmap.mmap | None, summary: SegmentSummary,
+              hasher: Any) -> None:
         try:
+            if mapping is not None:
+                mapping.close()
+            os.ftruncate(fd, size)  # the preallocated tail goes: the segment is what was written
             os.fsync(fd)
         finally:
             os.close(fd)
         if self.signer is not None:
             # Digest first, then read-only: a crash in between leaves a writable segment that has a
             # digest, which recover() only makes read-only.
-            self._write_digest(path, summary=summary)
+            self._write_digest(path, summary=summary, segment_sha256=hasher.hexdigest())
         os.chmod(path, 0o440)
 
     def _load_chain(self) -> None:
@@ -291,32 +370,59 @@ class FileSpool:
             self._last_digest = newest_digest(self.directory)
             self._chain_loaded = True
 
-    def _write_digest(self, path: Path, *, recovered: bool = False, summary: SegmentSummary | None = None) -> None:
+    def _write_digest(self, path: Path, *, recovered: bool = False, summary: SegmentSummary | None = None,
+                      segment_sha256: str | None = None) -> None:
+        """Without ``segment_sha256`` and an exact ``summary`` (a segment recovered from a dead
+        gateway, or written without its pending events) the segment is read back."""
         self._load_chain()
         export_public_key(self.directory, self.signer)
         previous = self._last_digest
-        record = build_digest(path, path.read_bytes(), gateway=gateway_of_segment(path.name) or self.gateway_id,
+        exact = summary is not None and summary.exact
+        data = None if exact and segment_sha256 is not None else path.read_bytes()
+        record = build_digest(path, data, gateway=gateway_of_segment(path.name) or self.gateway_id,
                               signer=self.signer, previous_name=previous[0] if previous else None,
                               previous_sha256=previous[1] if previous else None, signed_at=utc_now_iso(),
                               recovered=recovered, sealed_by=self.gateway_id,
-                              summary=summary.as_dict() if summary is not None and summary.exact else None)
+                              summary=summary.as_dict() if exact else None, segment_sha256=segment_sha256)
         data = encode_digest(record)
         digest_path = digest_path_for(path)
         create_file_atomically(digest_path, data, 0o440)
         self._last_digest = (digest_path.name, hashlib.sha256(data).hexdigest())
 
     def reset_after_error(self) -> None:
-        """Drop a segment whose write failed, so the next write opens a fresh one."""
-        with self._lock:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Drop a segment whose write failed, so the next write opens a fresh one (the next start's
+        :meth:`recover` seals this one)."""
+        if self._fd is None:
+            return
+        fd, _, size, mapping = self._detach()
+        try:
+            if mapping is not None:
+                mapping.close()
+            os.ftruncate(fd, size)
+        except OSError:
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
     def close(self) -> None:
         self._seal_current()
+
+
+def _truncate_preallocated_tail(fd: int, chunk: int = 1 << 20) -> None:
+    """Cut the NUL bytes a live segment ends in (its preallocation) off a segment whose writer died.
+    NULs before the last event stay: they are a hole a machine crash left, which readers report."""
+    end = os.fstat(fd).st_size
+    size = end
+    while end > 0:
+        block = os.pread(fd, min(chunk, end), end - min(chunk, end))
+        kept = len(block.rstrip(b"\0"))
+        end -= len(block) - kept
+        if kept:
+            break
+    if end < size:
+        os.ftruncate(fd, end)
 
 
 def _segment_order(path: Path) -> tuple[str, int, str]:

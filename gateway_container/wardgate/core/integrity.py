@@ -157,15 +157,20 @@ def summarize_segment(data: bytes) -> dict[str, Any]:
     return {"events": events, "first_time": first_time, "last_time": last_time, "sessions": sessions}
 
 
-def build_digest(segment: Path, data: bytes, *, gateway: str, signer: Signer, previous_name: str | None,
+def build_digest(segment: Path, data: bytes | None, *, gateway: str, signer: Signer, previous_name: str | None,
                  previous_sha256: str | None, signed_at: str, recovered: bool = False,
-                 sealed_by: str | None = None, summary: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``summary``: what :func:`summarize_segment` would find in ``data``, when the writer kept it
-    as it wrote (parsing a full segment again costs ~5 µs per event); None computes it here."""
+                 sealed_by: str | None = None, summary: dict[str, Any] | None = None,
+                 segment_sha256: str | None = None) -> dict[str, Any]:
+    """``summary`` and ``segment_sha256``: what :func:`summarize_segment` and SHA-256 would find in
+    ``data``, when the writer kept them as it wrote (reading a full segment back costs the gateway
+    more than hashing it as it goes, and parsing it ~5 µs per event); None computes them here from
+    ``data``, which may be None only when both are given."""
+    if data is None and (summary is None or segment_sha256 is None):
+        raise ValueError("build_digest needs the segment's bytes unless its summary and hash are given")
     record: dict[str, Any] = {
         "v": DIGEST_FORMAT_VERSION,
         "segment": segment.name,
-        "segment_sha256": hashlib.sha256(data).hexdigest(),
+        "segment_sha256": segment_sha256 if segment_sha256 is not None else hashlib.sha256(data).hexdigest(),
         **(summary if summary is not None else summarize_segment(data)),
         "previous_digest": previous_name,
         "previous_digest_sha256": previous_sha256,

@@ -1,0 +1,128 @@
+"""The embedded sink's segment files: events copied into a preallocated shared mapping are in the
+file at once (what a reader or a restarted gateway sees), a sealed segment is exactly the bytes
+written, a full disk is a clean error with no torn line, and a file system that cannot map the
+file still gets every event (pwrite)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from wardgate.core import audit
+from wardgate.core.audit import FileSpool, read_segment, read_segment_bytes
+from wardgate.core.integrity import LocalEd25519Signer, digest_path_for
+
+
+def _line(n: int, size: int = 100) -> bytes:
+    return orjson.dumps({"n": n, "pad": "x" * size}) + b"\n"
+
+
+def _sealed_as_written(path: Path) -> bool:
+    """The segment is read-only and its signed digest names the SHA-256 of its bytes."""
+    digest = orjson.loads(digest_path_for(path).read_bytes())
+    return path.stat().st_mode & 0o222 == 0 and digest["segment_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _spool(directory: Path, tmp_path: Path, **kwargs) -> FileSpool:
+    return FileSpool(directory, "gw0001", signer=LocalEd25519Signer(tmp_path / "state" / "key.pem"), **kwargs)
+
+
+def test_events_are_in_the_live_file_at_once_and_the_seal_keeps_exactly_them(tmp_path: Path) -> None:
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=64 << 20)
+    lines = [_line(n) for n in range(50)]
+    for line in lines:
+        spool.write(line)
+    live = spool.current_path
+    # Another process (verify, replay, a restarted gateway) reads the events now, without a seal;
+    # the preallocated rest of the live file is NUL bytes, which readers stop at.
+    assert read_segment(live) == lines
+    assert live.stat().st_size > sum(map(len, lines)) and live.read_bytes().endswith(b"\0")
+    spool.close()
+    assert live.read_bytes() == b"".join(lines) and _sealed_as_written(live)
+
+
+def test_batches_larger_than_the_reservation_step_and_rotation(tmp_path: Path) -> None:
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=12 << 20)
+    big = _line(0, size=9 << 20)  # past the first mapped, preallocated step in one write
+    small = [_line(n) for n in range(1, 2000)]
+    spool.write(small[0])
+    spool.write(big)
+    for line in small[1:1000]:
+        spool.write(line)
+    spool.write(_line(-1, size=4 << 20))  # crosses segment_bytes: this segment is sealed
+    for line in small[1000:]:
+        spool.write(line)
+    second = spool.current_path
+    spool.close()
+    segments = sorted((tmp_path / "audit").glob("*.jsonl"))
+    assert len(segments) == 2 and segments[1] == second
+    assert segments[0].read_bytes() == small[0] + big + b"".join(small[1:1000]) + _line(-1, size=4 << 20)
+    assert segments[1].read_bytes() == b"".join(small[1000:])
+    assert all(_sealed_as_written(path) for path in segments)
+
+
+def test_without_shared_mappings_events_are_written_with_pwrite(tmp_path: Path, monkeypatch, caplog) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(audit.mmap, "mmap", refuse)  # a file system without writable shared mappings
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=64 << 20)
+    lines = [_line(n, size=n * 300) for n in range(200)]
+    for line in lines:
+        spool.write(line)
+    assert read_segment(spool.current_path) == lines
+    live = spool.current_path
+    spool.close()
+    assert live.read_bytes() == b"".join(lines) and _sealed_as_written(live)
+    assert "cannot be mapped" in caplog.text and "pwrite" in caplog.text
+
+
+def test_recovery_cuts_the_preallocated_tail_but_not_a_hole(tmp_path: Path) -> None:
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=64 << 20)
+    lines = [_line(n) for n in range(20)]
+    for line in lines:
+        spool.write(line)
+    live = spool.current_path
+    spool._map.close()  # the gateway died: no seal; its mapping and descriptor (the lock) are gone
+    os.close(spool._fd)
+    with open(live, "r+b") as f:  # a machine crash: a block written back after one that was not
+        f.seek(len(b"".join(lines)) + 5000)
+        f.write(_line(99))
+    assert _spool(tmp_path / "audit", tmp_path).recover() == [live]
+    data = live.read_bytes()
+    assert data == b"".join(lines) + b"\0" * 5000 + _line(99)  # only the NUL tail went
+    assert read_segment(live) == lines
+
+
+def test_full_disk_is_a_clean_error_and_writing_resumes_when_space_returns(small_disk: Path, tmp_path: Path) -> None:
+    spool = _spool(small_disk / "audit", tmp_path, segment_bytes=64 << 20)
+    spool.write(_line(0))  # the 4 MiB step does not fit: only what the write needs is reserved
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # take every byte that is left
+    try:
+        while os.write(fd, b"\0" * mmap.PAGESIZE):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    written = [_line(0)]
+    with pytest.raises(OSError) as refused:
+        for n in range(1, 100_000):
+            line = _line(n, size=1000)
+            spool.write(line)
+            written.append(line)
+    assert refused.value.errno == errno.ENOSPC
+    assert read_segment_bytes(spool.current_path) == b"".join(written)  # whole lines only
+    filler.unlink()
+    spool.write(_line(-1))
+    written.append(_line(-1))
+    live = spool.current_path
+    spool.close()
+    assert live.read_bytes() == b"".join(written) and _sealed_as_written(live)
