@@ -126,3 +126,24 @@ def test_full_disk_is_a_clean_error_and_writing_resumes_when_space_returns(small
     live = spool.current_path
     spool.close()
     assert live.read_bytes() == b"".join(written) and _sealed_as_written(live)
+
+
+def test_the_gateway_does_not_keep_the_written_segment_mapped(tmp_path: Path) -> None:
+    """The events copied in stay in the page cache (and the file), not in the gateway's resident
+    memory: what is written is unmapped once per preallocation step."""
+    def mapped_kib(path: Path) -> int:
+        smaps = Path(f"/proc/{os.getpid()}/smaps").read_text().split("\n")
+        for i, line in enumerate(smaps):
+            if line.endswith(str(path)):
+                return int(next(s for s in smaps[i + 1:] if s.startswith("Rss:")).split()[1])
+        raise AssertionError(f"{path} is not mapped")
+
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=64 << 20)
+    lines = [_line(n, size=1000) for n in range(20_000)]  # ~20 MB: several steps
+    for line in lines:
+        spool.write(line)
+    assert mapped_kib(spool.current_path) <= (audit._RESERVE_STEP >> 10) + 8
+    assert read_segment(spool.current_path) == lines
+    live = spool.current_path
+    spool.close()
+    assert live.read_bytes() == b"".join(lines) and _sealed_as_written(live)

@@ -164,6 +164,7 @@ class FileSpool:
         self._map_start = 0  # file offsets the mapping covers: [_map_start, _map_end)
         self._map_end = 0
         self._copy_end = 0  # events ending here or before are copied straight in (mapped, allocated)
+        self._released = 0
         self._mapping_works = True
         self._segment_number = 0
         self._sealer: ThreadPoolExecutor | None = None
@@ -288,9 +289,16 @@ class FileSpool:
                     self.directory, exc.strerror or exc)
             else:
                 self._map_start, self._map_end = base, base + length
+                self._released = 0  # offset in the mapping below which pages were given back
         if self._mapping_works:
             self._copy_end = min(self._map_end, self._allocated)
             self._map[start - self._map_start:end - self._map_start] = data
+            # Unmap what is written (the page cache keeps it, dirty until written back), so the
+            # gateway's resident memory does not grow with the segment: once per reservation step.
+            done = (start - self._map_start) // mmap.PAGESIZE * mmap.PAGESIZE
+            if done > self._released:
+                self._map.madvise(mmap.MADV_DONTNEED, self._released, done - self._released)
+                self._released = done
             return
         view = memoryview(data)
         at = start
