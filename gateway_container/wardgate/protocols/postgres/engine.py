@@ -810,6 +810,15 @@ class ClientConnection(asyncio.Protocol):
                     replacement = None
                 elif kind == 84 and pending and pending[0][0] == _Q and pending[0][4] is None:
                     replacement = None  # RowDescription of an unmasked simple query: nothing to do
+                elif kind == 67 and pending and pending[0][0] == _Q and pending[0][4] is None:
+                    # CommandComplete of an unmasked simple query: _backend_message's work, inlined.
+                    head = pending[0]
+                    tag = data[pos + 5:end - 1].decode("ascii", "replace")
+                    rows = tag.rpartition(" ")[2]
+                    self._rows = 0
+                    self.session.result(head[1], "ok", int(rows) if rows.isdigit() else None, tag, None,
+                                        time.perf_counter() - head[2])
+                    replacement = None
                 elif (kind == 49 or kind == 50) and pending and pending[0][0] in _EXTENDED:
                     pending.popleft()  # ParseComplete, BindComplete
                     replacement = None
