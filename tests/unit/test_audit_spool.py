@@ -147,3 +147,19 @@ def test_the_gateway_does_not_keep_the_written_segment_mapped(tmp_path: Path) ->
     live = spool.current_path
     spool.close()
     assert live.read_bytes() == b"".join(lines) and _sealed_as_written(live)
+
+
+def test_fsync_always_writes_with_pwrite_not_the_mapping(tmp_path: Path) -> None:
+    """With ``fsync: always`` each batch is fsynced before it is released, so the next copy would
+    fault on a page under writeback and wait: the recorder has the spool use pwrite(2) instead."""
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=64 << 20)
+    recorder = audit.Recorder(spool, fsync="always")
+    assert spool.mapped is False and audit.Recorder(_spool(tmp_path / "other", tmp_path)).spool.mapped is True
+    lines = [_line(n) for n in range(100)]
+    for line in lines:
+        spool.write(line)
+    live = spool.current_path
+    assert str(live) not in Path(f"/proc/{os.getpid()}/maps").read_text()
+    assert read_segment(live) == lines
+    recorder.close()
+    assert live.read_bytes() == b"".join(lines) and _sealed_as_written(live)

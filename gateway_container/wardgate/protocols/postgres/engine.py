@@ -791,11 +791,14 @@ class ClientConnection(asyncio.Protocol):
                             raise _LimitExceeded(limit)
                     if pending and pending[0][4] is not None:
                         masker = self._masker
-                        if masker is not None and self._masker_head is pending[0]:
-                            payload = data[pos + 5:end]  # the common case, inlined: one call per row
-                            masked = masker.mask_row(payload)
-                            replacement = None if masked is payload else (
-                                b"D" + (len(masked) + 4).to_bytes(4, "big") + masked)
+                        if self._masker_head is pending[0]:
+                            if masker is None:
+                                replacement = None  # a profile applies, but to no column of this result
+                            else:
+                                payload = data[pos + 5:end]  # the common case, inlined: one call per row
+                                masked = masker.mask_row(payload)
+                                replacement = None if masked is payload else (
+                                    b"D" + (len(masked) + 4).to_bytes(4, "big") + masked)
                         else:
                             replacement = self._mask_datarow(pending[0], data, pos + 5, end)
                     else:
