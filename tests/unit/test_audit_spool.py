@@ -163,3 +163,17 @@ def test_fsync_always_writes_with_pwrite_not_the_mapping(tmp_path: Path) -> None
     assert read_segment(live) == lines
     recorder.close()
     assert live.read_bytes() == b"".join(lines) and _sealed_as_written(live)
+
+
+def test_without_preallocation_events_are_written_with_pwrite(tmp_path: Path, monkeypatch) -> None:
+    """Where the platform has no posix_fallocate (macOS), nothing is mapped (a mapped page the file
+    system cannot back would be SIGBUS): pwrite(2) extends the file."""
+    monkeypatch.setattr(audit, "_CAN_PREALLOCATE", False)
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=64 << 20)
+    lines = [_line(n, size=n * 50) for n in range(300)]
+    for line in lines:
+        spool.write(line)
+    live = spool.current_path
+    assert spool.mapped is False and live.read_bytes() == b"".join(lines)  # no preallocated tail
+    spool.close()
+    assert live.read_bytes() == b"".join(lines) and _sealed_as_written(live)

@@ -126,6 +126,7 @@ def _line_time(data: bytes, start: int) -> str:
 # the start: remapping every step measured ~1 µs per transaction more.
 _RESERVE_STEP = 4 << 20
 _MAP_SLACK = 1 << 20
+_CAN_PREALLOCATE = hasattr(os, "posix_fallocate")
 
 
 class FileSpool:
@@ -314,7 +315,10 @@ class FileSpool:
         except OSError:
             if at > start:  # no torn line: zeros read as "no more events"; the space is preallocated
                 try:
-                    os.pwrite(self._fd, bytes(at - start), start)
+                    if _CAN_PREALLOCATE:
+                        os.pwrite(self._fd, bytes(at - start), start)
+                    else:
+                        os.ftruncate(self._fd, start)
                 except OSError:
                     pass
             raise
@@ -323,6 +327,10 @@ class FileSpool:
         """Preallocate the live segment to at least ``end`` bytes: a step ahead when the disk has
         room, else just ``end`` (rounded to a page), else OSError (ENOSPC, EDQUOT, EIO)."""
         if end <= self._allocated:
+            return
+        if not _CAN_PREALLOCATE:  # (macOS) nothing to map safely: pwrite extends the file as it goes
+            self.mapped = False
+            self._allocated = end
             return
         wanted = end + _RESERVE_STEP - end % _RESERVE_STEP
         try:
