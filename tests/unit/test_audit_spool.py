@@ -177,3 +177,18 @@ def test_without_preallocation_events_are_written_with_pwrite(tmp_path: Path, mo
     assert spool.mapped is False and live.read_bytes() == b"".join(lines)  # no preallocated tail
     spool.close()
     assert live.read_bytes() == b"".join(lines) and _sealed_as_written(live)
+
+
+def test_a_segment_larger_than_the_mapping_window_is_mapped_in_windows(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(audit, "_MAP_MAX", 1 << 20)
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=8 << 20)
+    lines = [_line(n, size=n % 3000) for n in range(6000)]
+    windows = set()
+    for line in lines:
+        spool.write(line)
+        windows.add(spool._map_start)
+    spool.close()
+    segments = sorted((tmp_path / "audit").glob("*.jsonl"))
+    assert len(windows) > 5 and len(segments) == 2
+    assert b"".join(path.read_bytes() for path in segments) == b"".join(lines)
+    assert all(_sealed_as_written(path) for path in segments)

@@ -126,6 +126,7 @@ def _line_time(data: bytes, start: int) -> str:
 # the start: remapping every step measured ~1 µs per transaction more.
 _RESERVE_STEP = 4 << 20
 _MAP_SLACK = 1 << 20
+_MAP_MAX = 256 << 20  # a larger segment is mapped in windows of this size (address space)
 _CAN_PREALLOCATE = hasattr(os, "posix_fallocate")
 
 
@@ -281,7 +282,7 @@ class FileSpool:
             # size (_copy_end), so no page is ever touched that the file system would still have
             # to find a block for.
             base = start - start % mmap.ALLOCATIONGRANULARITY
-            length = max(self.segment_bytes + _MAP_SLACK, end) - base
+            length = max(min(self.segment_bytes + _MAP_SLACK, base + _MAP_MAX), end) - base
             length += -length % mmap.PAGESIZE
             try:
                 if os.fstat(self._fd).st_size < base + length:
