@@ -7,9 +7,12 @@ What it does, in one run:
    (``--audit-modes``; default ``write``, i.e. recording on with the default fsync policy), fronting
    that server as resource ``orders-prod``, and mints a dev token for it with ``wardgate token``;
 3. runs ``pgbench -S`` (select-only, 8 clients, ``--duration`` seconds) with the simple and the
-   extended protocol, directly against PostgreSQL and through each gateway, interleaved so that
-   every ratio compares runs taken minutes apart at most (``--repeat N`` repeats the whole round
-   and reports medians);
+   extended protocol, directly against PostgreSQL, through a bare uvloop pass-through proxy
+   (``bench/passthrough_proxy.py``; ``--no-passthrough`` leaves it out) and through each gateway,
+   interleaved so that every ratio compares runs taken minutes apart at most (``--repeat N``
+   repeats the whole round and reports medians). The pass-through line has no target: it is the
+   floor a Python relay reaches on this machine, which issue 2 quotes as ~0.54× and which moves
+   with the host;
 4. opens ``--sessions`` idle authenticated connections through the headline gateway and reports
    how much its resident memory grew per session;
 5. ``--policy-compare`` (default on): starts one more gateway (same audit mode as the headline one)
@@ -22,7 +25,7 @@ What it does, in one run:
    detectors) and, for information, with the same 2 columns plus the ``email`` and ``credit_card``
    detectors; median of ``--masking-repeat`` runs (default 3), interleaved.
 
-``make bench`` runs ``--audit-modes off,write,always --repeat 2`` and so also prints the
+``make bench`` runs ``--audit-modes off,write,always --repeat 3`` and so also prints the
 **recording cost**: 1 − TPS with recording ÷ TPS with recording off, per round, median (target for
 the default ``write``: ≤ 15 %).
 
@@ -308,12 +311,30 @@ resources:
         return self.proc is not None and self.proc.poll() is None
 
 
+# ----------------------------------------------------------------------------- pass-through proxy
+PASSTHROUGH_SCRIPT = Path(__file__).resolve().parent / "passthrough_proxy.py"
+
+
+def start_passthrough(pg: ThrowawayPostgres) -> tuple[subprocess.Popen, int]:
+    """The bare uvloop pass-through proxy in front of ``pg``: the floor a Python relay reaches here."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(PASSTHROUGH_SCRIPT), str(port), pg.host, str(pg.port)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_parent_death_signal)
+    first = proc.stdout.readline().strip()
+    if first != "ready":
+        proc.kill()
+        raise RuntimeError(f"the pass-through proxy did not start: {first or proc.stdout.read()}")
+    print(f"  pass-through proxy pid {proc.pid} on 127.0.0.1:{port}", flush=True)
+    return proc, port
+
+
 # ------------------------------------------------------------------------------------- endpoints
 @dataclass
 class Endpoint:
     """Where pgbench connects: PostgreSQL itself or a gateway."""
 
-    path: str  # "direct", "gateway" (allow-all) or "policy" (the default policy bundle)
+    path: str  # "direct", "passthrough" (bare proxy), "gateway" (allow-all) or "policy" (default bundle)
     mode: str  # audit mode of the gateway; "-" for direct
     host: str
     port: int
@@ -323,6 +344,13 @@ class Endpoint:
     sslmode: str
     sslrootcert: Path | None
     gateway: GatewayProcess | None = None
+    proxy: subprocess.Popen | None = None  # the pass-through proxy's process, for its CPU time
+
+    @property
+    def pid(self) -> int | None:
+        if self.gateway is not None:
+            return self.gateway.pid
+        return self.proxy.pid if self.proxy is not None else None
 
     def env(self) -> dict[str, str]:
         env = clean_env(PGPASSWORD=self.password, PGSSLMODE=self.sslmode, PGGSSENCMODE="disable",
@@ -361,7 +389,7 @@ _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re
 def run_pgbench(pgbench: Path, endpoint: Endpoint, protocol: str, seconds: int, clients: int, jobs: int,
                 round_number: int = 0) -> Run:
     run = Run(endpoint.path, endpoint.mode, protocol, round_number)
-    pid = endpoint.gateway.pid if endpoint.gateway is not None else None
+    pid = endpoint.pid
     cpu_before = process_cpu_seconds(pid) if pid else 0.0
     proc = subprocess.run(
         [str(pgbench), "-n", "-S", "-M", protocol, "-c", str(clients), "-j", str(jobs), "-T", str(seconds),
@@ -441,7 +469,7 @@ VACUUM ANALYZE {MASKING_TABLE};
 def run_psql(psql: Path, endpoint: Endpoint, sql: str, capture: bool) -> tuple[float, float | None, str]:
     """Run one query with psql (simple protocol, unaligned, tuples only); return (wall seconds,
     gateway CPU seconds, stdout if ``capture``). The output of a timed run goes to /dev/null."""
-    pid = endpoint.gateway.pid if endpoint.gateway is not None else None
+    pid = endpoint.pid
     cpu_before = process_cpu_seconds(pid) if pid else 0.0
     started = time.perf_counter()
     proc = subprocess.run(
@@ -584,7 +612,7 @@ def _round_ratios(runs, baseline: dict[int, Run]) -> list[float]:
 
 def summarize(runs: list[Run]) -> list[dict]:
     """One line per (path, mode, protocol): medians over rounds; ratio = median of per-round ratios."""
-    runs = [r for r in runs if r.path in ("direct", "gateway")]
+    runs = [r for r in runs if r.path in ("direct", "passthrough", "gateway")]
     keys: list[tuple[str, str, str]] = []
     for r in runs:
         key = (r.path, r.mode, r.protocol)
@@ -592,13 +620,15 @@ def summarize(runs: list[Run]) -> list[dict]:
             keys.append(key)
 
     lines = []
-    for path, mode, protocol in sorted(keys, key=lambda k: (k[2] != "simple", k[0] != "direct", _mode_order(k[1]))):
+    for path, mode, protocol in sorted(keys, key=lambda k: (k[2] != "simple", _PATH_ORDER.get(k[0], 9),
+                                                            _mode_order(k[1]))):
         group = [r for r in runs if (r.path, r.mode, r.protocol) == (path, mode, protocol)]
         direct = {r.round: r for r in runs if r.path == "direct" and r.protocol == protocol and r.tps}
         line = {
             "path": path, "audit": mode, "protocol": protocol, "rounds": len(group),
             "tps": _median(r.tps for r in group),
-            "ratio": _median(_round_ratios(group, direct)) if path == "gateway" else (1.0 if any(r.tps for r in group) else None),
+            "ratio": (_median(_round_ratios(group, direct)) if path != "direct"
+                      else (1.0 if any(r.tps for r in group) else None)),
             "latency_ms": _median(r.latency_ms for r in group),
             "gateway_cpu_us_per_txn": _median(r.gateway_cpu_us_per_txn for r in group),
             "errors": [r.error for r in group if r.error],
@@ -638,6 +668,9 @@ def print_recording_cost(lines: list[dict]) -> None:
         print(f"  {line['audit']:<7} {line['protocol']:<9} {line['cost']:6.1%}  {verdict}")
 
 
+_PATH_ORDER = {"direct": 0, "passthrough": 1, "gateway": 2}
+
+
 def _mode_order(mode: str) -> int:
     return {"-": -1, "off": 0, "write": 1, "always": 2}.get(mode, 9)
 
@@ -651,7 +684,7 @@ def print_table(lines: list[dict], memory: dict | None, args: argparse.Namespace
     rounds = f", median of {args.repeat} rounds" if args.repeat > 1 else ""
     print(f"\npgbench -S, scale {args.scale}, {args.clients} clients, {args.jobs} thread(s), "
           f"{args.duration}s per run, clients over {transport}{rounds}; {os.cpu_count()} CPUs\n")
-    header = f"{'path':<8} {'audit':<7} {'protocol':<9} {'TPS':>9} {'ratio':>7} {'latency':>10} " \
+    header = f"{'path':<11} {'audit':<7} {'protocol':<9} {'TPS':>9} {'ratio':>7} {'latency':>10} " \
              f"{'gw CPU/txn':>11}  {'target':<8} result"
     print(header)
     print("-" * len(header))
@@ -660,7 +693,7 @@ def print_table(lines: list[dict], memory: dict | None, args: argparse.Namespace
         result = ("PASS" if line["pass"] else "FAIL") if "pass" in line else ""
         if line["errors"]:
             result = (result + " " if result else "") + f"({len(line['errors'])} failed run(s))"
-        print(f"{line['path']:<8} {line['audit']:<7} {line['protocol']:<9} {_fmt(line['tps'], '9.0f'):>9} "
+        print(f"{line['path']:<11} {line['audit']:<7} {line['protocol']:<9} {_fmt(line['tps'], '9.0f'):>9} "
               f"{_fmt(line['ratio'], '6.2f') + ('×' if line['ratio'] is not None else ''):>7} "
               f"{_fmt(line['latency_ms'], '.3f') + ' ms':>10} "
               f"{_fmt(line['gateway_cpu_us_per_txn'], '.1f') + (' µs' if line['gateway_cpu_us_per_txn'] else ''):>11}  "
@@ -792,6 +825,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tls", action="store_true", help="clients use sslmode=verify-full on both paths")
     parser.add_argument("--sessions", type=int, default=150,
                         help="idle sessions for the memory measurement (0: skip; the server allows 200)")
+    parser.add_argument("--passthrough", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure a bare uvloop pass-through proxy (bench/passthrough_proxy.py) "
+                             "in the same rounds: the floor a Python relay reaches here (default on)")
     parser.add_argument("--policy-compare", action=argparse.BooleanOptionalAction, default=True,
                         help="also run pgbench through a gateway enforcing --policy (default on; "
                              "--no-policy-compare skips it)")
@@ -830,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="wardgate-bench-"))
     pg: ThrowawayPostgres | None = None
     gateways: list[GatewayProcess] = []
+    passthrough: subprocess.Popen | None = None
     try:
         pg = start_postgres(args.scale, workdir / "pg-tls" if args.tls else None)
         pgbench = pg.binary("pgbench")
@@ -837,6 +874,10 @@ def main(argv: list[str] | None = None) -> int:
         direct = Endpoint("direct", "-", pg.host, pg.port, pg.service_user, pg.dbname, pg.service_password,
                           sslmode, workdir / "pg-tls" / "dev-ca.pem" if args.tls else None)
         endpoints = [direct]
+        if args.passthrough:
+            passthrough, port = start_passthrough(pg)
+            endpoints.append(Endpoint("passthrough", "-", "127.0.0.1", port, pg.service_user, pg.dbname,
+                                      pg.service_password, sslmode, direct.sslrootcert, proxy=passthrough))
         for mode in args.modes:
             gateway = GatewayProcess(mode, workdir / f"gateway-{mode}", free_port(), free_port())
             gateways.append(gateway)
@@ -881,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
                     run = run_pgbench(pgbench, endpoint, protocol, args.duration, args.clients, args.jobs,
                                       round_number)
                     runs.append(run)
-                    label = f"gateway[{endpoint.gateway.name}]" if endpoint.gateway else "direct"
+                    label = f"gateway[{endpoint.gateway.name}]" if endpoint.gateway else endpoint.path
                     status = f"{run.tps:.0f} TPS" if run.tps else run.error
                     print(f"  round {round_number + 1}/{args.repeat} {protocol:<8} {label:<21} {status}", flush=True)
 
@@ -889,6 +930,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.masking:
             for gateway in gateways:  # idle from now on; stop them so that only the masking gateway runs
                 gateway.stop()
+            if passthrough is not None:
+                passthrough.kill()
+                passthrough.wait()
+                passthrough = None
             masking = run_masking_benchmark(pg, workdir, args, headline.mode, sslmode, direct)
 
         lines = summarize(runs)
@@ -930,6 +975,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for gateway in gateways:
             gateway.stop()
+        if passthrough is not None:
+            passthrough.kill()
+            passthrough.wait()
         if pg is not None:
             pg.stop()
         if args.keep:

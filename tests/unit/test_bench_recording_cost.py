@@ -41,3 +41,19 @@ def test_cost_is_per_round_then_median_and_judged_only_for_the_default_mode(benc
                                               Run("gateway", "write", "simple", 0, tps=80)], ["simple"])
     assert failing[0]["pass"] is False
     assert bench.summarize_recording_cost([Run("gateway", "write", "simple", 0, tps=80)], ["simple"]) == []
+
+
+def test_the_pass_through_reference_gets_a_ratio_per_round_and_no_verdict(bench) -> None:
+    Run = bench.Run
+    runs = [
+        Run("gateway", "write", "simple", 0, tps=9000), Run("passthrough", "-", "simple", 0, tps=12000),
+        Run("direct", "-", "simple", 0, tps=20000),
+        Run("direct", "-", "simple", 1, tps=10000), Run("passthrough", "-", "simple", 1, tps=7000),
+        Run("gateway", "write", "simple", 1, tps=4000),
+    ]
+    lines = bench.summarize(runs)
+    assert [line["path"] for line in lines] == ["direct", "passthrough", "gateway"]
+    passthrough = lines[1]
+    assert passthrough["ratio"] == pytest.approx(0.65)  # median of 0.60 and 0.70, each against its round
+    assert "pass" not in passthrough and "target" not in passthrough
+    assert lines[2]["pass"] is False  # 0.45 and 0.40 against the 0.50 target
