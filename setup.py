@@ -4,7 +4,9 @@
 - ``wardgate.core._eventchain_fast``: the audit event chain, formatting and hashing event lines
   (links OpenSSL's ``libcrypto``; needs its headers, Debian ``libssl-dev``);
 - ``wardgate.core._sqltemplate_fast``: the SQL classifier's template key (a statement around its
-  integer literals).
+  integer literals);
+- ``wardgate.protocols.postgres._relay_fast``: the head of the backend relay loop (unmasked results'
+  messages in one pass).
 
 Everything else about the package is in ``pyproject.toml``. Each extension is optional: without
 Cython, a C compiler or a library's headers the package installs without it, and the Python
@@ -29,6 +31,8 @@ ACCELERATORS = [
      "WARDGATE_EVENTCHAIN_SOURCE_SHA256", ["crypto"]),
     ("wardgate.core._sqltemplate_fast", Path("gateway_container/wardgate/core/_sqltemplate_fast.pyx"),
      "WARDGATE_SQLTEMPLATE_SOURCE_SHA256", []),
+    ("wardgate.protocols.postgres._relay_fast", Path("gateway_container/wardgate/protocols/postgres/_relay_fast.pyx"),
+     "WARDGATE_RELAY_SOURCE_SHA256", []),
 ]
 
 
@@ -52,5 +56,5 @@ def extensions() -> list:
 setup(
     ext_modules=extensions(),
     # Each compiled module is compared with its source at import: install the sources too.
-    package_data={"wardgate.protocols.postgres": ["_rowmask_fast.pyx"], "wardgate.core": ["_eventchain_fast.pyx", "_sqltemplate_fast.pyx"]},
+    package_data={"wardgate.protocols.postgres": ["_rowmask_fast.pyx", "_relay_fast.pyx"], "wardgate.core": ["_eventchain_fast.pyx", "_sqltemplate_fast.pyx"]},
 )

@@ -23,12 +23,8 @@ from pathlib import Path
 import uvloop
 
 from wardgate.core.audit import FileSpool, Recorder
-from wardgate.core.model import Principal
-from wardgate.core.policy import AllowAll
-from wardgate.core.session import DecisionCore
-from wardgate.metrics import GatewayMetrics
+from wardgate.devtools.harness import relay_without_sockets
 from wardgate.protocols.postgres import wire
-from wardgate.protocols.postgres.engine import ClientConnection, PostgresFrontend
 
 
 class _NullTransport:
@@ -43,11 +39,6 @@ class _NullTransport:
 
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
-
-
-class _Backend:
-    def __init__(self) -> None:
-        self.transport = _NullTransport()
 
 
 def _simple_round(aid: int) -> tuple[bytes, bytes]:
@@ -79,16 +70,7 @@ async def _measure(recording: bool, protocol: str, rounds: int, directory: Path)
     spool = FileSpool(directory / f"audit-{protocol}-{recording}", "bench") if recording else None
     recorder = Recorder(spool)
     recorder.start(asyncio.get_running_loop())
-    core = DecisionCore(verifier=None, policy=AllowAll(), recorder=recorder, gateway_id="bench",
-                        observer=GatewayMetrics())
-    frontend = PostgresFrontend(core, {}, ssl_context=None, allow_plaintext_token_on_loopback=True)
-    connection = ClientConnection(frontend)
-    connection.transport = _NullTransport()
-    connection.backend = _Backend()
-    connection.session = core.open_session(protocol="postgres", resource="bench", peer="bench", tls=False,
-                                           client={})
-    connection.session.principal = Principal("https://issuer.example", "bench")
-    connection._relaying = True
+    connection = relay_without_sockets(recorder, _NullTransport(), _NullTransport())
     build = _simple_round if protocol == "simple" else _extended_round
     # New statement texts in every run: pgbench picks among a million aids, so the exact-text cache
     # of the classifier rarely hits; a repeated run must not find the previous run's texts cached.

@@ -2,7 +2,8 @@
 to it: a stale, hand-compiled or missing module falls back to the Python implementation, an
 environment variable turns it off, and CI (``WARDGATE_REQUIRE_COMPILED``) fails when one is not in
 use instead of silently testing only the fallbacks. What each one computes is tested against its
-Python reference in ``test_rowmask_fast.py``, ``test_eventchain_fast.py`` and ``test_sqltemplate_fast.py``."""
+Python reference in ``test_rowmask_fast.py``, ``test_eventchain_fast.py``, ``test_sqltemplate_fast.py``
+and ``test_relay_fast.py``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from wardgate.core import audit, sqlclass
-from wardgate.protocols.postgres import rowmask
+from wardgate.protocols.postgres import engine, rowmask
 
 # (module, its .pyx, the env var forcing Python, the loader its user calls, the module in use or None)
 ACCELERATORS = {
@@ -27,6 +28,9 @@ ACCELERATORS = {
     "SQL template splitter": ("wardgate.core._sqltemplate_fast", Path(sqlclass.__file__).with_name("_sqltemplate_fast.pyx"),
                               "WARDGATE_SQLCLASS_PYTHON", sqlclass._load_fast, lambda: sqlclass._TEMPLATE_FAST,
                               lambda: sqlclass._TEMPLATE_PROBLEM),
+    "backend relay loop": ("wardgate.protocols.postgres._relay_fast", Path(engine.__file__).with_name("_relay_fast.pyx"),
+                           "WARDGATE_RELAY_PYTHON", engine._load_fast, lambda: engine._RELAY_FAST,
+                           lambda: engine._RELAY_PROBLEM),
 }
 
 

@@ -164,3 +164,29 @@ def default_test_config(postgres: Any, tmp_dir: Path, **overrides: Any) -> dict[
     }
     config.update(overrides)
     return config
+
+
+def relay_without_sockets(recorder: Any, client_transport: Any, backend_transport: Any, *,
+                          name: str = "bench") -> Any:
+    """A PostgreSQL ``ClientConnection`` already relaying (authenticated as ``name``, allow-all
+    policy), wired to the given fake transports instead of sockets: feed it with ``data_received``
+    (client bytes) and ``_from_backend`` (backend bytes). For ``bench/pg_hotpath.py`` and the relay's
+    differential tests; ``recorder`` must be started on the running loop."""
+    from types import SimpleNamespace
+
+    from wardgate.core.model import Principal
+    from wardgate.core.policy import AllowAll
+    from wardgate.core.session import DecisionCore
+    from wardgate.metrics import GatewayMetrics
+    from wardgate.protocols.postgres.engine import ClientConnection, PostgresFrontend
+
+    core = DecisionCore(verifier=None, policy=AllowAll(), recorder=recorder, gateway_id=name,
+                        observer=GatewayMetrics())
+    frontend = PostgresFrontend(core, {}, ssl_context=None, allow_plaintext_token_on_loopback=True)
+    connection = ClientConnection(frontend)
+    connection.transport = client_transport
+    connection.backend = SimpleNamespace(transport=backend_transport)
+    connection.session = core.open_session(protocol="postgres", resource=name, peer=name, tls=False, client={})
+    connection.session.principal = Principal("https://issuer.example", name)
+    connection._relaying = True
+    return connection

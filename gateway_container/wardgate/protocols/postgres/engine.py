@@ -24,9 +24,11 @@ import struct
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 from wardgate.config import is_loopback
 from wardgate.core.audit import AuditUnavailable
+from wardgate.core.compiled import load_compiled, warn_fallback
 from wardgate.core.credentials import CredentialBroker, CredentialError
 from wardgate.core.identity import AuthenticationError
 from wardgate.core.model import Command, Decision, Verdict
@@ -60,6 +62,19 @@ _INJECTED_DESCRIBE = -1
 _COPY_CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
 # A message's length field, read in place: ~4x cheaper than int.from_bytes of a slice, per message.
 _length_at = struct.Struct("!I").unpack_from
+
+
+def _load_fast():
+    """The compiled head of the backend loop (``_relay_fast.pyx``), or None (see core.compiled)."""
+    return load_compiled("wardgate.protocols.postgres._relay_fast", Path(__file__).with_name("_relay_fast.pyx"),
+                         what="backend relay loop", disable_env="WARDGATE_RELAY_PYTHON")
+
+
+_RELAY_FAST, _RELAY_PROBLEM = _load_fast()
+warn_fallback(_RELAY_PROBLEM, "the backend relay loop runs in Python (slower)", log)
+# (data, pos, pending, session.result, rows) -> (pos, rows): unmasked results' messages handled
+# in one C pass; the Python loop below goes on from where it stops. None: the Python loop does all.
+_scan_backend = _RELAY_FAST.scan_backend if _RELAY_FAST is not None else None
 
 
 class _LimitExceeded(Exception):
@@ -771,6 +786,8 @@ class ClientConnection(asyncio.Protocol):
         held = False
         kind = 0
         try:
+            if _scan_backend is not None and not self._limits and not self._tables:
+                pos, self._rows = _scan_backend(data, pos, pending, self.session.result, self._rows)
             while size - pos >= 5:
                 kind = data[pos]
                 length = _length_at(data, pos + 1)[0]

@@ -1,0 +1,239 @@
+"""The compiled head of the backend relay loop (``_relay_fast.scan_backend``) does exactly what the
+Python loop of ``ClientConnection._from_backend`` does with the messages it takes, and leaves every
+other message to it: the client receives the same bytes, the session the same results, and the
+connection ends in the same state, with the accelerator and without it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+
+import pytest
+
+from wardgate.core.audit import Recorder
+from wardgate.devtools.harness import relay_without_sockets
+from wardgate.protocols.postgres import engine, wire
+
+fast = engine._RELAY_FAST
+needs_fast = pytest.mark.skipif(fast is None, reason=f"compiled relay loop not in use: {engine._RELAY_PROBLEM}")
+
+Q, P, B, D, E, S = b"QPBDES"
+
+
+def _python_tag_rows(tag: str):
+    rows = tag.rpartition(" ")[2]  # what the Python loop does with a CommandComplete tag
+    return int(rows) if rows.isdigit() else None
+
+
+def _msg(kind: bytes, payload: bytes = b"") -> bytes:
+    return wire.message(kind, payload)
+
+
+def _complete(tag: bytes) -> bytes:
+    return _msg(b"C", tag + b"\x00")
+
+
+ROW_DESCRIPTION = _msg(b"T", b"\x00\x01abalance\x00" + bytes(18))
+
+
+def _row(value: bytes) -> bytes:
+    return _msg(b"D", b"\x00\x01" + len(value).to_bytes(4, "big") + value)
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, event, status, rows=None, tag=None, error=None, seconds=None):
+        assert seconds is None or seconds >= 0
+        self.calls.append((event, status, rows, tag, error))
+
+
+# --- scan_backend on its own ------------------------------------------------------------------
+@needs_fast
+def test_a_pgbench_answer_is_handled_whole() -> None:
+    answer = ROW_DESCRIPTION + _row(b"1234") + _complete(b"SELECT 1") + wire.ready_for_query(b"I")
+    pending = deque([(Q, "ev-1", 0.0, None, None, None)])
+    result = _Calls()
+    assert fast.scan_backend(answer, 0, pending, result, 0) == (len(answer), 0)
+    assert result.calls == [("ev-1", "ok", 1, "SELECT 1", None)]
+    assert not pending
+
+
+@needs_fast
+def test_rows_are_counted_until_their_command_completes() -> None:
+    rows = ROW_DESCRIPTION + _row(b"a") + _row(b"b") + _row(b"c")
+    pending = deque([(Q, "ev-1", 0.0, None, None, None)])
+    result = _Calls()
+    assert fast.scan_backend(rows, 0, pending, result, 5) == (len(rows), 8)
+    assert result.calls == [] and len(pending) == 1
+
+
+@needs_fast
+def test_it_stops_where_the_python_loop_has_work() -> None:
+    masked_head = (Q, "ev-m", 0.0, None, object(), "SELECT secret")
+    before = ROW_DESCRIPTION
+    # a DataRow of a masked result: the masker's, not counted here
+    data = _row(b"x") + wire.ready_for_query(b"I")
+    assert fast.scan_backend(data, 0, deque([masked_head]), _Calls(), 3) == (0, 3)
+    # RowDescription of a masked result, of an extended Describe, and with nothing pending
+    for head in (masked_head, (D, "ev-d", 0.0, None, None, ("S", ""))):
+        assert fast.scan_backend(before, 0, deque([head]), _Calls(), 0) == (0, 0)
+    assert fast.scan_backend(before, 0, deque(), _Calls(), 0) == (0, 0)
+    unmasked = (Q, "ev-1", 0.0, None, None, None)
+    for other in (_msg(b"E", b"SERROR\x00\x00"), _msg(b"N", b"SNOTICE\x00\x00"), _msg(b"I"),
+                  _msg(b"A", bytes(4) + b"ch\x00x\x00"), _msg(b"S", b"a\x00b\x00"), _msg(b"s"),
+                  _msg(b"G", bytes(3)), _msg(b"H", bytes(3)), _msg(b"W", bytes(3)), _msg(b"d", b"x"),
+                  _msg(b"n"), _msg(b"t", b"\x00\x00")):
+        data = ROW_DESCRIPTION + other + wire.ready_for_query(b"I")
+        pending = deque([unmasked])
+        assert fast.scan_backend(data, 0, pending, _Calls(), 0) == (len(ROW_DESCRIPTION), 0), other
+        assert list(pending) == [unmasked]
+    # incomplete message, a length under 4
+    answer = ROW_DESCRIPTION + _row(b"1234")
+    assert fast.scan_backend(answer[:-1], 0, deque([unmasked]), _Calls(), 0) == (len(ROW_DESCRIPTION), 0)
+    assert fast.scan_backend(b"D\x00\x00\x00\x02xx", 0, deque([unmasked]), _Calls(), 0) == (0, 0)
+    # ReadyForQuery / CommandComplete of an extended-protocol entry
+    for message in (wire.ready_for_query(b"I"), _complete(b"SELECT 1")):
+        pending = deque([(E, "ev-e", 0.0, None, None, "")])
+        assert fast.scan_backend(message, 0, pending, _Calls(), 0) == (0, 0) and len(pending) == 1
+    # not bytes: left to Python whole
+    assert fast.scan_backend(bytearray(wire.ready_for_query(b"I")), 0, deque([unmasked]), _Calls(), 0) == (0, 0)
+
+
+@needs_fast
+def test_parse_and_bind_complete_pop_extended_entries_only() -> None:
+    data = _msg(b"1") + _msg(b"2")
+    pending = deque([(P, "p", 0.0, None, None, None), (B, None, 0.0, None, None, None),
+                     (E, "e", 0.0, None, None, "")])
+    assert fast.scan_backend(data, 0, pending, _Calls(), 0) == (len(data), 0)
+    assert [entry[0] for entry in pending] == [E]
+    pending = deque([(Q, "q", 0.0, None, None, None)])
+    assert fast.scan_backend(data, 0, pending, _Calls(), 0) == (0, 0) and len(pending) == 1
+
+
+@needs_fast
+@pytest.mark.parametrize("tag", [b"SELECT 1", b"INSERT 0 5", b"UPDATE 0", b"BEGIN", b"", b"SELECT ", b"007",
+                                 b"COPY 123456789012345678", b"SELECT 1234567890123456789012345678901234567890",
+                                 b"SELECT 12a", b"SELECT \xc3\xa9", b"SELECT \xff1", b"SELECT  42", b" 9"])
+def test_command_tags_give_the_python_row_count(tag: bytes) -> None:
+    pending = deque([(Q, "ev", 0.0, None, None, None)])
+    result = _Calls()
+    fast.scan_backend(_complete(tag), 0, pending, result, 7)
+    text = tag.decode("ascii", "replace")
+    assert result.calls == [("ev", "ok", _python_tag_rows(text), text, None)]
+
+
+@needs_fast
+def test_random_command_tags_match_python() -> None:
+    rng = random.Random(6)
+    alphabet = b"SELECT INSERT0123456789 \x80\xff"
+    for _ in range(5000):
+        tag = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        if b"\x00" in tag:
+            continue
+        result = _Calls()
+        fast.scan_backend(_complete(tag), 0, deque([(Q, "ev", 0.0, None, None, None)]), result, 0)
+        text = tag.decode("ascii", "replace")
+        assert result.calls == [("ev", "ok", _python_tag_rows(text), text, None)], tag
+
+
+# --- the connection with and without it ---------------------------------------------------------
+class _Transport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+def _simple_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
+    """A simple query and a backend answer of one of the shapes PostgreSQL sends."""
+    shape = rng.randrange(6)
+    request = wire.query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {i};")
+    if shape == 0:  # rows (some large, to cross chunk boundaries), then the tag
+        rows = b"".join(_row(rng.randbytes(rng.choice((0, 4, 300, 9000)))) for _ in range(rng.randrange(0, 5)))
+        answer = ROW_DESCRIPTION + rows + _complete(b"SELECT %d" % rng.randrange(0, 5))
+    elif shape == 1:  # an error
+        answer = _msg(b"E", b"SERROR\x00C42P01\x00Mrelation does not exist\x00\x00")
+    elif shape == 2:  # two statements in one query, a notice between
+        answer = (_complete(b"BEGIN") + _msg(b"N", b"SNOTICE\x00C00000\x00Mhello\x00\x00")
+                  + ROW_DESCRIPTION + _row(b"1") + _complete(b"SELECT 1"))
+    elif shape == 3:  # empty query
+        answer = _msg(b"I")
+    elif shape == 4:  # a notification and a parameter status in the middle
+        answer = (ROW_DESCRIPTION + _msg(b"A", bytes(4) + b"chan\x00payload\x00") + _row(b"7")
+                  + _msg(b"S", b"application_name\x00x\x00") + _complete(b"SELECT 1"))
+    else:  # a tag with a row count too large for 64 bits
+        answer = _complete(b"INSERT 0 123456789012345678901234567890")
+    return request, answer + wire.ready_for_query(rng.choice((b"I", b"T", b"E")))
+
+
+def _extended_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
+    text = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+    request = (_msg(b"P", b"\x00" + text + b"\x00\x00\x00")
+               + _msg(b"B", b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x02" + b"%02d" % (i % 100) + b"\x00\x00")
+               + _msg(b"D", b"P\x00") + _msg(b"E", b"\x00\x00\x00\x00\x00") + _msg(b"S"))
+    answer = (_msg(b"1") + _msg(b"2") + ROW_DESCRIPTION + _row(b"42") * rng.randrange(0, 3)
+              + _complete(b"SELECT 1") + wire.ready_for_query(b"I"))
+    return request, answer
+
+
+def _run(traffic: list[tuple[bytes, bytes]], cuts: list[list[int]], scanner) -> tuple:
+    async def go():
+        recorder = Recorder(None)
+        recorder.start(asyncio.get_running_loop())
+        connection = relay_without_sockets(recorder, _Transport(), _Transport(), name="test")
+        results = _Calls()
+        original = connection.session.result
+
+        def result(event, status, rows=None, tag=None, error=None, seconds=None):
+            results(event, status, rows, tag, error, seconds)
+            return original(event, status, rows, tag, error, seconds)
+
+        connection.session.result = result
+        seen_pending = []
+        for (request, answer), positions in zip(traffic, cuts):
+            connection.data_received(request)
+            start = 0
+            for cut in positions + [len(answer)]:
+                connection._from_backend(answer[start:cut])
+                start = cut
+            seen_pending.append(len(connection._pending))
+        await asyncio.sleep(0)
+        recorder.close()
+        # event ids are random: compare their order of appearance instead
+        ids: dict = {}
+        calls = [(ids.setdefault(event, len(ids)), *rest) for event, *rest in results.calls]
+        return (bytes(connection.transport.data), bytes(connection.backend.transport.data), calls,
+                connection._rows, seen_pending, connection._backend_skip, connection._closing_by_client)
+
+    saved = engine._scan_backend
+    engine._scan_backend = scanner
+    try:
+        return asyncio.run(go())
+    finally:
+        engine._scan_backend = saved
+
+
+@needs_fast
+@pytest.mark.parametrize("seed", range(8))
+def test_random_traffic_gives_the_same_client_bytes_results_and_state(seed: int) -> None:
+    rng = random.Random(seed)
+    traffic = [(_extended_exchange if rng.random() < 0.3 else _simple_exchange)(rng, i) for i in range(300)]
+    cuts = [sorted(rng.sample(range(1, len(answer)), min(len(answer) - 1, rng.randrange(0, 4))))
+            for _, answer in traffic]
+    with_c = _run(traffic, cuts, fast.scan_backend)
+    with_python = _run(traffic, cuts, None)
+    assert with_c == with_python
+    client_bytes, _, calls, *_ = with_c
+    assert client_bytes == b"".join(answer for _, answer in traffic)  # nothing here is masked or refused
+    assert len(calls) >= 300
