@@ -77,8 +77,8 @@ def test_it_stops_where_the_python_loop_has_work() -> None:
     # a DataRow of a masked result: the masker's, not counted here
     data = _row(b"x") + wire.ready_for_query(b"I")
     assert fast.scan_backend(data, 0, deque([masked_head]), _Calls(), 3) == (0, 3)
-    # RowDescription of a masked result, of an extended Describe, and with nothing pending
-    for head in (masked_head, (D, "ev-d", 0.0, None, None, ("S", ""))):
+    # RowDescription of a masked result, answering the Describe of a masked statement, nothing pending
+    for head in (masked_head, (D, "ev-d", 0.0, None, object(), ("S", ""))):
         assert fast.scan_backend(before, 0, deque([head]), _Calls(), 0) == (0, 0)
     assert fast.scan_backend(before, 0, deque(), _Calls(), 0) == (0, 0)
     unmasked = (Q, "ev-1", 0.0, None, None, None)
@@ -94,12 +94,53 @@ def test_it_stops_where_the_python_loop_has_work() -> None:
     answer = ROW_DESCRIPTION + _row(b"1234")
     assert fast.scan_backend(answer[:-1], 0, deque([unmasked]), _Calls(), 0) == (len(ROW_DESCRIPTION), 0)
     assert fast.scan_backend(b"D\x00\x00\x00\x02xx", 0, deque([unmasked]), _Calls(), 0) == (0, 0)
-    # ReadyForQuery / CommandComplete of an extended-protocol entry
-    for message in (wire.ready_for_query(b"I"), _complete(b"SELECT 1")):
-        pending = deque([(E, "ev-e", 0.0, None, None, "")])
+    # ReadyForQuery before an Execute's result; CommandComplete of a masked Execute
+    pending = deque([(E, "ev-e", 0.0, None, None, "")])
+    assert fast.scan_backend(wire.ready_for_query(b"I"), 0, pending, _Calls(), 0) == (0, 0) and len(pending) == 1
+    pending = deque([(E, "ev-e", 0.0, None, object(), "")])
+    assert fast.scan_backend(_complete(b"SELECT 1"), 0, pending, _Calls(), 0) == (0, 0) and len(pending) == 1
+    # the answer to the gateway's own Describe (of a masked portal) is the Python loop's
+    for message in (ROW_DESCRIPTION, _msg(b"n")):
+        pending = deque([(engine._INJECTED_DESCRIBE, None, 0.0, None, object(), "")])
         assert fast.scan_backend(message, 0, pending, _Calls(), 0) == (0, 0) and len(pending) == 1
     # not bytes: left to Python whole
     assert fast.scan_backend(bytearray(wire.ready_for_query(b"I")), 0, deque([unmasked]), _Calls(), 0) == (0, 0)
+
+
+@needs_fast
+def test_an_extended_pgbench_answer_is_handled_whole() -> None:
+    answer = (_msg(b"1") + _msg(b"2") + ROW_DESCRIPTION + _row(b"1234") + _complete(b"SELECT 1")
+              + wire.ready_for_query(b"I"))
+    pending = deque([(P, "ev-p", 0.0, None, None, None), (B, None, 0.0, None, None, None),
+                     (D, None, 0.0, None, None, ("P", "")), (E, "ev-e", 0.0, None, None, ""),
+                     (S, None, 0.0, None, None, None)])
+    result = _Calls()
+    assert fast.scan_backend(answer, 0, pending, result, 0) == (len(answer), 0)
+    assert result.calls == [("ev-e", "ok", 1, "SELECT 1", None)]
+    assert not pending
+
+
+@needs_fast
+def test_an_execute_never_reports_fewer_rows_than_were_sent() -> None:
+    for tag, counted, reported in ((b"SELECT 1", 3, 3), (b"BEGIN", 2, 2), (b"SELECT 5", 3, 5), (b"UPDATE 0", 0, 0)):
+        result = _Calls()
+        fast.scan_backend(_complete(tag), 0, deque([(E, "ev", 0.0, None, None, "")]), result, counted)
+        assert result.calls == [("ev", "ok", reported, tag.decode(), None)]
+    result = _Calls()  # a simple query reports its tag as it is
+    fast.scan_backend(_complete(b"SELECT 1"), 0, deque([(Q, "ev", 0.0, None, None, None)]), result, 3)
+    assert result.calls == [("ev", "ok", 1, "SELECT 1", None)]
+
+
+@needs_fast
+def test_nodata_and_close_complete_pop_their_entries() -> None:
+    data = _msg(b"t", b"\x00\x00") + _msg(b"n")
+    pending = deque([(D, None, 0.0, None, None, ("S", "s1")), (S, None, 0.0, None, None, None)])
+    assert fast.scan_backend(data, 0, pending, _Calls(), 0) == (0, 0)  # ParameterDescription: Python's
+    assert fast.scan_backend(data, len(data) - 5, pending, _Calls(), 0) == (len(data), 0)
+    assert [entry[0] for entry in pending] == [S]
+    pending = deque([(b"C"[0], None, 0.0, None, None, None), (S, None, 0.0, None, None, None)])
+    data = _msg(b"3") + wire.ready_for_query(b"I")
+    assert fast.scan_backend(data, 0, pending, _Calls(), 0) == (len(data), 0) and not pending
 
 
 @needs_fast
@@ -178,13 +219,32 @@ def _simple_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
 
 
 def _extended_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
+    """Parse/Bind/Describe/Execute(/Close)/Sync of a named or unnamed statement, and an answer of
+    one of the shapes PostgreSQL sends."""
     text = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
-    request = (_msg(b"P", b"\x00" + text + b"\x00\x00\x00")
-               + _msg(b"B", b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x02" + b"%02d" % (i % 100) + b"\x00\x00")
-               + _msg(b"D", b"P\x00") + _msg(b"E", b"\x00\x00\x00\x00\x00") + _msg(b"S"))
-    answer = (_msg(b"1") + _msg(b"2") + ROW_DESCRIPTION + _row(b"42") * rng.randrange(0, 3)
-              + _complete(b"SELECT 1") + wire.ready_for_query(b"I"))
-    return request, answer
+    name = rng.choice((b"", b"s%d" % i))
+    shape = rng.randrange(5)
+    parse = _msg(b"P", name + b"\x00" + text + b"\x00\x00\x00")
+    bind = _msg(b"B", b"\x00" + name + b"\x00\x00\x00\x00\x01\x00\x00\x00\x02" + b"%02d" % (i % 100) + b"\x00\x00")
+    execute = _msg(b"E", b"\x00" + (b"\x00\x00\x00\x02" if shape == 3 else bytes(4)))
+    if shape == 0:  # Describe of the statement: ParameterDescription and NoData / RowDescription
+        request = parse + _msg(b"D", b"S" + name + b"\x00") + _msg(b"S")
+        answer = _msg(b"1") + _msg(b"t", b"\x00\x01\x00\x00\x00\x17") + rng.choice((_msg(b"n"), ROW_DESCRIPTION))
+    elif shape == 1:  # an error at Bind: the rest is skipped until Sync
+        request = parse + bind + _msg(b"D", b"P\x00") + execute + _msg(b"S")
+        answer = _msg(b"1") + _msg(b"E", b"SERROR\x00C22P02\x00Mbad input\x00\x00")
+    elif shape == 2:  # with a Close of the statement
+        request = parse + bind + _msg(b"D", b"P\x00") + execute + _msg(b"C", b"S" + name + b"\x00") + _msg(b"S")
+        answer = (_msg(b"1") + _msg(b"2") + ROW_DESCRIPTION + _row(b"42") * rng.randrange(0, 3)
+                  + _complete(b"SELECT %d" % rng.randrange(0, 3)) + _msg(b"3"))
+    elif shape == 3:  # Execute with a row limit: PortalSuspended
+        request = parse + bind + _msg(b"D", b"P\x00") + execute + _msg(b"S")
+        answer = _msg(b"1") + _msg(b"2") + ROW_DESCRIPTION + _row(b"1") + _row(b"2") + _msg(b"s")
+    else:  # pgbench's
+        request = parse + bind + _msg(b"D", b"P\x00") + execute + _msg(b"S")
+        answer = (_msg(b"1") + _msg(b"2") + ROW_DESCRIPTION + _row(b"42") * rng.randrange(0, 3)
+                  + _complete(rng.choice((b"SELECT 1", b"SELECT 0", b"UPDATE 7"))))
+    return request, answer + wire.ready_for_query(b"I")
 
 
 def _run(traffic: list[tuple[bytes, bytes]], cuts: list[list[int]], scanner) -> tuple:

@@ -1,16 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""Compiled head of ``ClientConnection._from_backend``: the backend messages of unmasked results that
-the Python loop handles inline, in one pass over the chunk.
+"""Compiled head of ``ClientConnection._from_backend``: the backend messages of unmasked results, in
+one pass over the chunk.
 
-It handles exactly what the Python loop handles inline, the same way, and stops at the first
-message it does not (or that is not complete in ``data``), returning where the Python loop must go
-on. What it handles:
+It handles what the Python loop (and its ``_backend_message``) does with these messages, the same
+way, and stops at the first message it does not take (or that is not complete in ``data``),
+returning where the Python loop must go on. What it takes:
 
-- ``T`` RowDescription and ``D`` DataRow of an unmasked simple query (``D`` counted);
-- ``C`` CommandComplete of an unmasked simple query: ``result(event, "ok", rows, tag, None, seconds)``
-  with the tag's trailing number as rows, and the row count reset;
-- ``Z`` ReadyForQuery ending an unmasked simple query: its pending entry popped;
-- ``1``/``2`` ParseComplete/BindComplete of an extended-protocol entry: popped.
+- ``D`` DataRow of an unmasked result: counted;
+- ``T`` RowDescription of an unmasked simple query (nothing to do), or answering an unmasked
+  Describe (its pending entry popped);
+- ``C`` CommandComplete of an unmasked simple query or Execute: ``result(event, "ok", rows, tag,
+  None, seconds)`` with the tag's trailing number as rows (for an Execute never fewer than the rows
+  counted), the row count reset, an Execute's entry popped;
+- ``Z`` ReadyForQuery ending an unmasked simple query or answering a Sync: its entry popped;
+- ``1``/``2``/``3`` Parse/Bind/CloseComplete of an extended-protocol entry, ``n`` NoData answering
+  an unmasked Describe: popped.
 
 The caller uses it only while no result has a row limit or masked tables (``_limits``/``_tables``
 empty), so what it skips never needs them. ``tests/unit/test_relay_fast.py`` runs random backend
@@ -54,8 +58,11 @@ cdef enum:
     KIND_C = 67         # Close (client) / CommandComplete (backend)
     KIND_T = 84         # RowDescription
     KIND_Z = 90         # ReadyForQuery
+    KIND_S = 83         # Sync (client)
     KIND_1 = 49         # ParseComplete
     KIND_2 = 50         # BindComplete
+    KIND_3 = 51         # CloseComplete
+    KIND_n = 110        # NoData
     MAX_DIGITS = 18     # row counts with more digits are converted by Python's int()
 
 cdef inline uint32_t _length_at(const unsigned char *p) noexcept nogil:
@@ -64,6 +71,10 @@ cdef inline uint32_t _length_at(const unsigned char *p) noexcept nogil:
 
 cdef inline bint _unmasked_query(tuple head):
     return head[0] == KIND_Q and head[4] is None
+
+
+cdef inline bint _extended(object kind):
+    return kind == KIND_P or kind == KIND_B or kind == KIND_D or kind == KIND_E or kind == KIND_C
 
 
 cdef object _tag_rows(const unsigned char *tag, Py_ssize_t size, str text):
@@ -117,33 +128,47 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
             if not pending:
                 break
             head = <tuple>pending[0]
-            if not _unmasked_query(head):
+            if not (_unmasked_query(head) or head[0] == KIND_S):
                 break
             if popleft is None:
                 popleft = pending.popleft
             popleft()
-        elif kind == KIND_T:
-            if not pending or not _unmasked_query(<tuple>pending[0]):
+        elif kind == KIND_T or kind == KIND_n:
+            if not pending:
+                break
+            head = <tuple>pending[0]
+            if kind == KIND_T and _unmasked_query(head):
+                pass
+            elif head[0] == KIND_D and head[4] is None:  # answering a Describe (not the gateway's own)
+                if popleft is None:
+                    popleft = pending.popleft
+                popleft()
+            else:
                 break
         elif kind == KIND_C:
             if not pending:
                 break
             head = <tuple>pending[0]
-            if not _unmasked_query(head):
+            if head[4] is not None:
+                break
+            k = head[0]
+            if not (k == KIND_Q or k == KIND_E):
                 break
             tag_size = <Py_ssize_t>length - 5
             if tag_size < 0:
                 tag_size = 0
             tag = PyUnicode_DecodeASCII(<const char *>(buf + pos + 5), tag_size, "replace")
+            reported = _tag_rows(buf + pos + 5, tag_size, tag)
+            if k == KIND_E and rows and (reported is None or reported < rows):
+                reported = rows  # never fewer rows than were sent (as _backend_message)
             rows = 0
-            result(head[1], "ok", _tag_rows(buf + pos + 5, tag_size, tag), tag, None,
-                   wardgate_perf_counter() - <double>head[2])
-        elif kind == KIND_1 or kind == KIND_2:
-            if not pending:
-                break
-            head = <tuple>pending[0]
-            k = head[0]
-            if not (k == KIND_P or k == KIND_B or k == KIND_D or k == KIND_E or k == KIND_C):
+            result(head[1], "ok", reported, tag, None, wardgate_perf_counter() - <double>head[2])
+            if k == KIND_E:
+                if popleft is None:
+                    popleft = pending.popleft
+                popleft()
+        elif kind == KIND_1 or kind == KIND_2 or kind == KIND_3:
+            if not pending or not _extended((<tuple>pending[0])[0]):
                 break
             if popleft is None:
                 popleft = pending.popleft
