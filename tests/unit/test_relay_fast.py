@@ -297,3 +297,14 @@ def test_random_traffic_gives_the_same_client_bytes_results_and_state(seed: int)
     client_bytes, _, calls, *_ = with_c
     assert client_bytes == b"".join(answer for _, answer in traffic)  # nothing here is masked or refused
     assert len(calls) >= 300
+
+
+@needs_fast
+def test_a_pending_entry_of_another_shape_is_refused_not_read() -> None:
+    # Entries are read without bounds checks: anything but a 6-tuple must raise (the engine then
+    # closes the session) instead of reading past its end.
+    for entry in ((Q, "ev"), [Q, "ev", 0.0, None, None, None], "QQQQQQ"):
+        with pytest.raises(TypeError, match="6-tuple"):
+            fast.scan_backend(wire.ready_for_query(b"I"), 0, deque([entry]), _Calls(), 0)
+    # with nothing pending, DataRows are still counted
+    assert fast.scan_backend(_row(b"1"), 0, deque(), _Calls(), 0) == (len(_row(b"1")), 1)

@@ -27,6 +27,7 @@ Why in C: for a pgbench select the four messages cost ~1.5 µs of interpreter ti
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint32_t, int64_t
 
@@ -67,6 +68,17 @@ cdef enum:
 
 cdef inline uint32_t _length_at(const unsigned char *p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3]
+
+
+cdef inline tuple _head(object pending):
+    """The first pending entry, or None when nothing is pending. Entries are read without bounds
+    checks below, so anything but the engine's 6-tuples is refused here (the session is closed)."""
+    if not pending:
+        return None
+    entry = pending[0]
+    if type(entry) is not tuple or PyTuple_GET_SIZE(entry) != 6:
+        raise TypeError(f"pending entry is not a 6-tuple: {entry!r}")
+    return <tuple>entry
 
 
 cdef inline bint _unmasked_query(tuple head):
@@ -120,23 +132,22 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
         end = pos + 1 + <Py_ssize_t>length
         if end > size:
             break  # incomplete: the Python loop streams or buffers it
+        head = _head(pending)
         if kind == KIND_D:
-            if pending and (<tuple>pending[0])[4] is not None:
+            if head is not None and head[4] is not None:
                 break  # a masked result: the masker's path
             rows = rows + 1
         elif kind == KIND_Z:
-            if not pending:
+            if head is None:
                 break
-            head = <tuple>pending[0]
             if not (_unmasked_query(head) or head[0] == KIND_S):
                 break
             if popleft is None:
                 popleft = pending.popleft
             popleft()
         elif kind == KIND_T or kind == KIND_n:
-            if not pending:
+            if head is None:
                 break
-            head = <tuple>pending[0]
             if kind == KIND_T and _unmasked_query(head):
                 pass
             elif head[0] == KIND_D and head[4] is None:  # answering a Describe (not the gateway's own)
@@ -146,9 +157,8 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
             else:
                 break
         elif kind == KIND_C:
-            if not pending:
+            if head is None:
                 break
-            head = <tuple>pending[0]
             if head[4] is not None:
                 break
             k = head[0]
@@ -168,7 +178,7 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
                     popleft = pending.popleft
                 popleft()
         elif kind == KIND_1 or kind == KIND_2 or kind == KIND_3:
-            if not pending or not _extended((<tuple>pending[0])[0]):
+            if head is None or not _extended(head[0]):
                 break
             if popleft is None:
                 popleft = pending.popleft
