@@ -329,6 +329,12 @@ def start_passthrough(pg: ThrowawayPostgres) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def stop_passthrough(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+
+
 # ------------------------------------------------------------------------------------- endpoints
 @dataclass
 class Endpoint:
@@ -930,10 +936,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.masking:
             for gateway in gateways:  # idle from now on; stop them so that only the masking gateway runs
                 gateway.stop()
-            if passthrough is not None:
-                passthrough.kill()
-                passthrough.wait()
-                passthrough = None
+            stop_passthrough(passthrough)
+            passthrough = None
             masking = run_masking_benchmark(pg, workdir, args, headline.mode, sslmode, direct)
 
         lines = summarize(runs)
@@ -975,9 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for gateway in gateways:
             gateway.stop()
-        if passthrough is not None:
-            passthrough.kill()
-            passthrough.wait()
+        stop_passthrough(passthrough)
         if pg is not None:
             pg.stop()
         if args.keep:

@@ -52,9 +52,16 @@ class _Calls:
 
 # --- scan_backend on its own ------------------------------------------------------------------
 @needs_fast
-def test_a_pgbench_answer_is_handled_whole() -> None:
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_pgbench_answer_is_handled_whole(protocol: str) -> None:
     answer = ROW_DESCRIPTION + _row(b"1234") + _complete(b"SELECT 1") + wire.ready_for_query(b"I")
-    pending = deque([(Q, "ev-1", 0.0, None, None, None)])
+    if protocol == "simple":
+        pending = deque([(Q, "ev-1", 0.0, None, None, None)])
+    else:
+        answer = _msg(b"1") + _msg(b"2") + answer
+        pending = deque([(P, "ev-p", 0.0, None, None, None), (B, None, 0.0, None, None, None),
+                         (D, None, 0.0, None, None, ("P", "")), (E, "ev-1", 0.0, None, None, ""),
+                         (S, None, 0.0, None, None, None)])
     result = _Calls()
     assert fast.scan_backend(answer, 0, pending, result, 0) == (len(answer), 0)
     assert result.calls == [("ev-1", "ok", 1, "SELECT 1", None)]
@@ -105,19 +112,6 @@ def test_it_stops_where_the_python_loop_has_work() -> None:
         assert fast.scan_backend(message, 0, pending, _Calls(), 0) == (0, 0) and len(pending) == 1
     # not bytes: left to Python whole
     assert fast.scan_backend(bytearray(wire.ready_for_query(b"I")), 0, deque([unmasked]), _Calls(), 0) == (0, 0)
-
-
-@needs_fast
-def test_an_extended_pgbench_answer_is_handled_whole() -> None:
-    answer = (_msg(b"1") + _msg(b"2") + ROW_DESCRIPTION + _row(b"1234") + _complete(b"SELECT 1")
-              + wire.ready_for_query(b"I"))
-    pending = deque([(P, "ev-p", 0.0, None, None, None), (B, None, 0.0, None, None, None),
-                     (D, None, 0.0, None, None, ("P", "")), (E, "ev-e", 0.0, None, None, ""),
-                     (S, None, 0.0, None, None, None)])
-    result = _Calls()
-    assert fast.scan_backend(answer, 0, pending, result, 0) == (len(answer), 0)
-    assert result.calls == [("ev-e", "ok", 1, "SELECT 1", None)]
-    assert not pending
 
 
 @needs_fast

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 import orjson
@@ -18,6 +19,11 @@ import uvloop
 
 from wardgate.config import GatewayConfig
 from wardgate.core.audit import read_segment
+from wardgate.core.model import Principal
+from wardgate.core.policy import AllowAll
+from wardgate.core.session import DecisionCore
+from wardgate.metrics import GatewayMetrics
+from wardgate.protocols.postgres.engine import ClientConnection, PostgresFrontend
 from wardgate.server import Gateway
 
 
@@ -172,14 +178,6 @@ def relay_without_sockets(recorder: Any, client_transport: Any, backend_transpor
     policy), wired to the given fake transports instead of sockets: feed it with ``data_received``
     (client bytes) and ``_from_backend`` (backend bytes). For ``bench/pg_hotpath.py`` and the relay's
     differential tests; ``recorder`` must be started on the running loop."""
-    from types import SimpleNamespace
-
-    from wardgate.core.model import Principal
-    from wardgate.core.policy import AllowAll
-    from wardgate.core.session import DecisionCore
-    from wardgate.metrics import GatewayMetrics
-    from wardgate.protocols.postgres.engine import ClientConnection, PostgresFrontend
-
     core = DecisionCore(verifier=None, policy=AllowAll(), recorder=recorder, gateway_id=name,
                         observer=GatewayMetrics())
     frontend = PostgresFrontend(core, {}, ssl_context=None, allow_plaintext_token_on_loopback=True)
