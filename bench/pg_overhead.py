@@ -618,7 +618,7 @@ def _round_ratios(runs, baseline: dict[int, Run]) -> list[float]:
 
 def summarize(runs: list[Run]) -> list[dict]:
     """One line per (path, mode, protocol): medians over rounds; ratio = median of per-round ratios."""
-    runs = [r for r in runs if r.path in ("direct", "passthrough", "gateway")]
+    runs = [r for r in runs if r.path in _PATH_ORDER]
     keys: list[tuple[str, str, str]] = []
     for r in runs:
         key = (r.path, r.mode, r.protocol)
@@ -626,7 +626,7 @@ def summarize(runs: list[Run]) -> list[dict]:
             keys.append(key)
 
     lines = []
-    for path, mode, protocol in sorted(keys, key=lambda k: (k[2] != "simple", _PATH_ORDER.get(k[0], 9),
+    for path, mode, protocol in sorted(keys, key=lambda k: (k[2] != "simple", _PATH_ORDER[k[0]],
                                                             _mode_order(k[1]))):
         group = [r for r in runs if (r.path, r.mode, r.protocol) == (path, mode, protocol)]
         direct = {r.round: r for r in runs if r.path == "direct" and r.protocol == protocol and r.tps}
@@ -674,6 +674,7 @@ def print_recording_cost(lines: list[dict]) -> None:
         print(f"  {line['audit']:<7} {line['protocol']:<9} {line['cost']:6.1%}  {verdict}")
 
 
+# The paths of the main table, in the order it prints them (policy runs have their own table).
 _PATH_ORDER = {"direct": 0, "passthrough": 1, "gateway": 2}
 
 
