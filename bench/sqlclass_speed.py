@@ -1,6 +1,6 @@
 """Microseconds per ``classify()`` call on its three paths, for a few statement shapes.
 
-* exact hit — the same text again (``functools.lru_cache``);
+* exact hit — the same text again (a dict keyed by the text);
 * normalize hit — the same statement shape with new constants: ``pglast.parser.normalize`` (C) plus a
   dict look-up keyed by the normalized text;
 * full miss — a new shape: normalize, ``parse_sql`` of the normalized text, the AST walk, fingerprint.

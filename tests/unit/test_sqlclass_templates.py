@@ -78,7 +78,7 @@ def test_template_hits_classify_like_the_uncached_walk(sql):
     for variant in _variants(sql):
         if variant == sql:
             continue
-        sqlclass._classify_exact.cache_clear()  # force the template (or normalize) path
+        sqlclass._exact_cache.clear()  # force the template (or normalize) path
         result = classify(variant)
         assert result.statements == sqlclass._classify_uncached(variant), variant
 

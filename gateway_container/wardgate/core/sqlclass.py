@@ -9,8 +9,9 @@ Hot path
 --------
 Building pglast's Python AST costs 100-300 µs, too much per statement in a proxy, so ``classify``:
 
-1. looks the exact text up in an LRU (``functools.lru_cache``, 65 536 entries; texts longer than
-   ``EXACT_CACHE_MAX_CHARS`` skip it so the cache's memory stays bounded);
+1. looks the exact text up in a bounded dict (65 536 entries, oldest evicted first; texts longer than
+   ``EXACT_CACHE_MAX_CHARS`` skip it so the cache's memory stays bounded, and so do texts answered by
+   step 2, which would only churn it);
 2. else, for plain texts (ASCII, no quotes, ``$``, backslash or comments), splits the text around its
    unsigned integer literals of at most 9 digits (standalone tokens: no letter, digit, ``_`` or ``.``
    next to them) and looks the tuple of the other pieces up (the *template* cache). An entry is stored
@@ -165,7 +166,6 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import pglast
@@ -237,7 +237,7 @@ ADMIN_SETTINGS = frozenset({"role", "session_authorization", "session_replicatio
 # reason whatever the policy says.
 ENCODING_CHANGE = "changes client_encoding: the gateway reads statements as UTF-8"
 
-# Texts longer than this skip the exact-text LRU; normalized texts longer than NORMALIZED_CACHE_MAX_CHARS
+# Texts longer than this skip the exact-text cache; normalized texts longer than NORMALIZED_CACHE_MAX_CHARS
 # skip the normalized cache. Worst-case key memory: 65536 × 4 KiB + 8192 × 16 KiB.
 EXACT_CACHE_SIZE = 65536
 EXACT_CACHE_MAX_CHARS = 4096
@@ -327,6 +327,8 @@ class _Failure:
         self.message = message
 
 
+# Exact-text cache (step 1): text → classification or failure, oldest entry evicted first.
+_exact_cache: dict[str, "Classification | _Failure"] = {}
 _norm_cache: dict[str, Classification] = {}
 _norm_lock = threading.Lock()
 # Template cache (step 2): the pieces of a plain text around its int4 literals → classification.
@@ -381,26 +383,33 @@ def _remember_template(pieces: tuple[str, ...], normalized: str, result: Classif
 
 def classify(sql: str) -> Classification:
     """Classify every statement of ``sql``; raise ``SqlParseError`` if it does not parse."""
-    result = _classify_exact(sql) if len(sql) <= EXACT_CACHE_MAX_CHARS else _classify_text(sql)
+    result = _exact_cache.get(sql)
+    if result is None:
+        pieces = _template_pieces(sql)
+        if pieces is not None:
+            result = _template_cache.get(pieces)
+            if result is not None:
+                # Not stored by exact text: texts that differ only in a key (pgbench's million
+                # aids) would each fill and evict the exact cache for nothing (~1 µs a statement).
+                return result
+        result = _classify_text(sql, pieces)
+        if len(sql) <= EXACT_CACHE_MAX_CHARS:
+            if len(_exact_cache) >= EXACT_CACHE_SIZE:
+                try:
+                    del _exact_cache[next(iter(_exact_cache))]   # oldest first
+                except (StopIteration, KeyError, RuntimeError):  # pragma: no cover - another thread
+                    pass
+            _exact_cache[sql] = result
     if type(result) is _Failure:
         raise SqlParseError(result.message)
     return result  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=EXACT_CACHE_SIZE)
-def _classify_exact(sql: str) -> Classification | _Failure:
-    return _classify_text(sql)
-
-
-def _classify_text(sql: str) -> Classification | _Failure:
+def _classify_text(sql: str, pieces: tuple[str, ...] | None) -> Classification | _Failure:
+    """Steps 3 and 4 (and step 2's store) for ``sql``, whose template ``pieces`` missed."""
     if "\x00" in sql:
         # PostgreSQL's parser (and pglast's) stops at a NUL: the rest would go unseen. Fail closed.
         return _Failure("statement text contains a NUL character")
-    pieces = _template_pieces(sql)
-    if pieces is not None:
-        cached = _template_cache.get(pieces)
-        if cached is not None:
-            return cached
     try:
         normalized = _parser.normalize(sql)
     except _parser.ParseError as exc:
@@ -447,7 +456,7 @@ def _fingerprint(text: str) -> str:
 
 def clear_caches() -> None:
     """Empty both caches (tests, benchmarks)."""
-    _classify_exact.cache_clear()
+    _exact_cache.clear()
     with _norm_lock:
         _norm_cache.clear()
         _template_cache.clear()
