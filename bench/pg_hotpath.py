@@ -24,7 +24,7 @@ from pathlib import Path
 import uvloop
 
 from wardgate.core.audit import FileSpool, Recorder
-from wardgate.devtools.harness import relay_without_sockets
+from wardgate.devtools.harness import relay_frontend, relay_without_sockets
 from wardgate.protocols.postgres import wire
 
 
@@ -71,8 +71,11 @@ async def _measure(recording: bool, protocol: str, rounds: int, directory: Path,
     spool = FileSpool(directory / f"audit-{protocol}-{recording}", "bench") if recording else None
     recorder = Recorder(spool)
     recorder.start(asyncio.get_running_loop())
-    connections = [relay_without_sockets(recorder, _NullTransport(), _NullTransport(), name=f"bench{n}")
-                   for n in range(sessions)]
+    # One gateway, several sessions: they share its core (policy, metrics, decision caches) as in
+    # `wardgate serve`; a core per session would miss the per-policy caches on every statement.
+    frontend = relay_frontend(recorder)
+    connections = [relay_without_sockets(recorder, _NullTransport(), _NullTransport(), name=f"bench{n}",
+                                         frontend=frontend) for n in range(sessions)]
     build = _simple_round if protocol == "simple" else _extended_round
     # New statement texts in every run: pgbench picks among a million aids, so the exact-text cache
     # of the classifier rarely hits; a repeated run must not find the previous run's texts cached.

@@ -172,15 +172,24 @@ def default_test_config(postgres: Any, tmp_dir: Path, **overrides: Any) -> dict[
     return config
 
 
+def relay_frontend(recorder: Any, *, name: str = "bench") -> Any:
+    """One gateway's PostgreSQL front end (allow-all policy, metrics) recording to ``recorder``:
+    the sessions of :func:`relay_without_sockets` share it, as a server's sessions share theirs."""
+    core = DecisionCore(verifier=None, policy=AllowAll(), recorder=recorder, gateway_id=name,
+                        observer=GatewayMetrics())
+    return PostgresFrontend(core, {}, ssl_context=None, allow_plaintext_token_on_loopback=True)
+
+
 def relay_without_sockets(recorder: Any, client_transport: Any, backend_transport: Any, *,
-                          name: str = "bench") -> Any:
+                          name: str = "bench", frontend: Any = None) -> Any:
     """A PostgreSQL ``ClientConnection`` already relaying (authenticated as ``name``, allow-all
     policy), wired to the given fake transports instead of sockets: feed it with ``data_received``
     (client bytes) and ``_from_backend`` (backend bytes). For ``bench/pg_hotpath.py`` and the relay's
-    differential tests; ``recorder`` must be started on the running loop."""
-    core = DecisionCore(verifier=None, policy=AllowAll(), recorder=recorder, gateway_id=name,
-                        observer=GatewayMetrics())
-    frontend = PostgresFrontend(core, {}, ssl_context=None, allow_plaintext_token_on_loopback=True)
+    differential tests; ``recorder`` must be started on the running loop. Without ``frontend`` (see
+    :func:`relay_frontend`), the connection gets a gateway of its own."""
+    if frontend is None:
+        frontend = relay_frontend(recorder, name=name)
+    core = frontend.core
     connection = ClientConnection(frontend)
     connection.transport = client_transport
     connection.backend = SimpleNamespace(transport=backend_transport)
