@@ -7,7 +7,6 @@ the rest of the bookkeeping on the statement path.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -15,15 +14,6 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 # Statement latency through the gateway, request received → response complete.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-class _Latency:
-    __slots__ = ("buckets", "total", "count")
-
-    def __init__(self) -> None:
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.total = 0.0
-        self.count = 0
 
 
 class _StatementCollector:
@@ -35,17 +25,18 @@ class _StatementCollector:
     def collect(self):
         decisions = CounterMetricFamily("wardgate_decisions", "Command decisions by verdict",
                                         labels=["protocol", "verdict"])
-        for (protocol, verdict), value in list(self.metrics.decision_counts.items()):
-            decisions.add_metric([protocol, getattr(verdict, "value", verdict)], value)
+        for protocol, counts in list(self.metrics.decisions.items()):
+            for verdict, value in list(counts.items()):
+                decisions.add_metric([protocol, getattr(verdict, "value", verdict)], value)
         yield decisions
         latency = HistogramMetricFamily("wardgate_command_seconds", "Command latency through the gateway",
                                         labels=["protocol"])
         for protocol, data in list(self.metrics.latencies.items()):
             cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), data.buckets):
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), data[:-1]):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
-            latency.add_metric([protocol], buckets, data.total)
+            latency.add_metric([protocol], buckets, data[-1])
         yield latency
 
 
@@ -62,8 +53,9 @@ class GatewayMetrics:
                                   registry=self.registry)
         self.audit_up = Gauge("wardgate_audit_sink_up", "1 when the audit sink accepts writes",
                               registry=self.registry)
-        self.decision_counts: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.latencies: defaultdict[str, _Latency] = defaultdict(_Latency)
+        self.decisions: dict[str, defaultdict] = {}  # protocol → verdict → count (the core counts)
+        # protocol → one count per bucket of LATENCY_BUCKETS and one above, then the sum (the core counts)
+        self.latencies: dict[str, list] = {}
         self.registry.register(_StatementCollector(self))
 
     # Observer interface
@@ -77,14 +69,17 @@ class GatewayMetrics:
     def authenticated(self, protocol: str, ok: bool, reason: str) -> None:
         self.authentications.labels(protocol, "ok" if ok else "refused", reason).inc()
 
-    def decided(self, protocol: str, verdict: str) -> None:
-        self.decision_counts[(protocol, verdict)] += 1
+    def decision_counts(self, protocol: str) -> defaultdict:
+        counts = self.decisions.get(protocol)
+        if counts is None:
+            counts = self.decisions[protocol] = defaultdict(int)
+        return counts
 
-    def command_finished(self, protocol: str, seconds: float) -> None:
-        data = self.latencies[protocol]
-        data.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        data.total += seconds
-        data.count += 1
+    def latency_histogram(self, protocol: str) -> tuple[tuple[float, ...], list]:
+        data = self.latencies.get(protocol)
+        if data is None:
+            data = self.latencies[protocol] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+        return LATENCY_BUCKETS, data
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

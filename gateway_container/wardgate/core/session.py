@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
+from collections import defaultdict
 from typing import Any, Protocol
 
 import orjson
@@ -28,16 +30,22 @@ class Observer(Protocol):
     def session_opened(self, protocol: str, resource: str) -> None: ...
     def session_closed(self, protocol: str, resource: str) -> None: ...
     def authenticated(self, protocol: str, ok: bool, reason: str) -> None: ...
-    def decided(self, protocol: str, verdict: str) -> None: ...
-    def command_finished(self, protocol: str, seconds: float) -> None: ...
+    # Per-statement figures are kept in structures the observer hands out once per session and reads
+    # when asked (a call per statement would cost more than the counting):
+    # a counter per verdict for ``protocol`` (a ``defaultdict(int)``), incremented at every decision;
+    def decision_counts(self, protocol: str) -> defaultdict: ...
+    # and the latency histogram of ``protocol``: (upper bounds in seconds, ascending; a list of one
+    # count per bound, one for above the last, then the sum of all latencies). The core adds a
+    # finished command at ``bisect_left(bounds, seconds)`` and its seconds to the last item.
+    def latency_histogram(self, protocol: str) -> tuple[tuple[float, ...], list]: ...
 
 
 class NullObserver:
     def session_opened(self, protocol: str, resource: str) -> None: pass
     def session_closed(self, protocol: str, resource: str) -> None: pass
     def authenticated(self, protocol: str, ok: bool, reason: str) -> None: pass
-    def decided(self, protocol: str, verdict: str) -> None: pass
-    def command_finished(self, protocol: str, seconds: float) -> None: pass
+    def decision_counts(self, protocol: str) -> defaultdict: return defaultdict(int)
+    def latency_histogram(self, protocol: str) -> tuple[tuple[float, ...], list]: return (), [0, 0.0]
 
 
 _UNPARSEABLE_CONTROLS = ("AC-3", "SI-10")
@@ -132,6 +140,8 @@ class Session:
         self._prepared_version = 0
         self._exec_cache: dict[int, tuple] = {}
         self._end_after_hold: str | None = None
+        self._decisions = core.observer.decision_counts(protocol)
+        self._latency_bounds, self._latency = core.observer.latency_histogram(protocol)
         self.log.emit("session.started", {"peer": peer, "tls": tls, "client": client,
                                            "controls": ["AU-2", "AU-3", "AU-12"]})
         core.observer.session_opened(protocol, resource)
@@ -214,7 +224,8 @@ class Session:
         exactly that statement and those parameters in this session, as a simple query (no
         parameters) is."""
         self.commands += 1
-        policy = self.core.policy
+        core = self.core
+        policy = core.policy
         classification = None
         decision = None
         if command.language == "sql":
@@ -232,22 +243,26 @@ class Session:
                                 "statement refused: changing client_encoding is not supported through wardgate "
                                 "(statements are decided on their UTF-8 text)", ("AC-3", "SI-10"),
                                 tuple(sorted(classification.classes)), tuple(sorted(classification.tables)))
-        elif self.core.recorder.last_error is not None:
+        elif core.recorder.last_error is not None:
             decision = Decision(Verdict.DENY, "builtin:audit-unavailable",
-                                f"statement refused: {self.core.recorder.last_error}; "
+                                f"statement refused: {core.recorder.last_error}; "
                                 "nothing runs unrecorded", _AUDIT_DOWN_CONTROLS)
-        elif self.core.refusing is not None:
+        elif core.refusing is not None:
             decision = Decision(Verdict.DENY, "builtin:audit-unavailable",
-                                f"statement refused: {self.core.refusing}", _AUDIT_DOWN_CONTROLS)
+                                f"statement refused: {core.refusing}", _AUDIT_DOWN_CONTROLS)
         else:
+            # roles(), inlined for its common case: no approval service (no grants), roles known
+            roles = self._roles if policy is self._roles_policy and core.approvals is None else self.roles()
             decision = policy.decide(self.principal, self.resource, command, classification,
-                                     session_started=self.started_at, now=time.time(), roles=self.roles())
+                                     session_started=self.started_at, now=time.time(), roles=roles)
             if decision.verdict is _REVIEW and self._approved:
                 decision = self._covered_by_approval(decision, command, parameters)
-        if decision.verdict is not _ALLOW:
+        verdict = decision.verdict
+        if verdict is not _ALLOW:
             self.denied += 1
         elif classification is not None and classification.touches_prepared:
             self._track_prepared(classification)
+        self._decisions[verdict] += 1
         log = self.log
         if log.recorder.spool is not None:
             # What the command itself says is serialized per event; what the decision says is the
@@ -260,7 +275,6 @@ class Session:
                                    classification.fingerprint if classification is not None else None, entry[2])
         else:
             event_id = ""
-        self.core.observer.decided(self.protocol, decision.verdict)
         return decision, event_id
 
     # --- SQL-level PREPARE / EXECUTE ----------------------------------------------------------------
@@ -443,7 +457,9 @@ class Session:
         if log.recorder.spool is not None:
             log.result(command_event, status, rows, tag, None if error is None else _dumps(error), seconds)
         if seconds is not None:
-            self.core.observer.command_finished(self.protocol, seconds)
+            latency = self._latency
+            latency[bisect_left(self._latency_bounds, seconds)] += 1
+            latency[-1] += seconds
 
     def note(self, event_type: str, **fields: Any) -> None:
         self.log.emit(event_type, fields)
