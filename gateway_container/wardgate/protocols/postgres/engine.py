@@ -768,6 +768,26 @@ class ClientConnection(asyncio.Protocol):
 
     # --- relay: backend → client ----------------------------------------------------------------
     def _from_backend(self, data: bytes) -> None:
+        if (_scan_backend is not None and not self._backend_tail and not self._backend_skip and not self._limits
+                and not self._tables):
+            # The common case up front: the compiled scan takes every message of the chunk (whole
+            # unmasked results), so the chunk goes on as it came. Otherwise the loop below goes on
+            # from where the scan stopped, as when the scan runs there.
+            try:
+                pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows)
+            except Exception:
+                log.exception("unexpected error relaying to client %s", self.peer)
+                self.fatal("XX000", "wardgate: internal error; the session is closed")
+                return
+            if pos == len(data):
+                if pos:
+                    self.recorder.forward(self.transport, data, self)
+                return
+            self._continue_from_backend(data, pos)
+            return
+        self._continue_from_backend(data, 0, True)
+
+    def _continue_from_backend(self, data: bytes, pos: int, scan: bool = False) -> None:
         if self._backend_tail:
             self._backend_tail.append(data)
             self._backend_tail_size += len(data)
@@ -776,7 +796,6 @@ class ClientConnection(asyncio.Protocol):
             data = b"".join(self._backend_tail)
             self._backend_tail = []
         size = len(data)
-        pos = 0
         if self._backend_skip:
             pos = min(self._backend_skip, size)
             self._backend_skip -= pos
@@ -786,7 +805,7 @@ class ClientConnection(asyncio.Protocol):
         held = False
         kind = 0
         try:
-            if _scan_backend is not None and not self._limits and not self._tables:
+            if scan and _scan_backend is not None and not self._limits and not self._tables:
                 pos, self._rows = _scan_backend(data, pos, pending, self.session.result, self._rows)
             while size - pos >= 5:
                 kind = data[pos]
