@@ -586,6 +586,26 @@ def test_malformed_extended_query_message(plain_gateway: GatewayThread, message:
     assert len(ended) == 1, "the session's end must be recorded"
 
 
+@pytest.mark.parametrize("message", [
+    pytest.param(wire.message(b"Q", b"SELECT 1"), id="query-unterminated"),
+    pytest.param(wire.message(b"Q", b""), id="query-empty-body"),
+])
+def test_malformed_simple_query_alone(plain_gateway: GatewayThread, message: bytes) -> None:
+    """A Query whose text is not NUL-terminated, sent as the only message of its packet (the relay's
+    one-whole-query path): FATAL 08P01 that says so, and the session's end is recorded."""
+    with bystander(plain_gateway):
+        client = raw(plain_gateway)
+        try:
+            authenticate(client, plain_gateway.token("malformed-query"))
+            client.send(message)
+            refusal(client.read_until_close(), sqlstate="08P01", mentions=("NUL-terminated",))
+        finally:
+            client.close()
+    ended = [e for e in plain_gateway.audit_events() if e["type"] == "session.ended"
+             and (e.get("identity") or {}).get("subject") == "malformed-query"]
+    assert len(ended) == 1, "the session's end must be recorded"
+
+
 def test_newer_protocol_minor_and_unknown_options_are_negotiated(plain_gateway: GatewayThread) -> None:
     """Protocol 3.5 with a ``_pq_`` option: NegotiateProtocolVersion (3.0, option unrecognized), then
     the start-up continues as 3.0."""

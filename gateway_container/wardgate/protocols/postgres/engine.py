@@ -467,6 +467,24 @@ class ClientConnection(asyncio.Protocol):
 
     # --- relay: client → backend ----------------------------------------------------------------
     def _from_client(self, data: bytes) -> None:
+        if (len(data) >= 5 and data[0] == _Q and len(data) == 1 + _length_at(data, 1)[0] and not self._holding
+                and not self._client_tail and not self._client_skip):
+            # The common case up front: the chunk is exactly one whole simple query.
+            try:
+                replacement = self._client_message(_Q, data, 5, len(data))
+            except _HoldCommand as hold:
+                self._start_hold(hold, data)
+                return
+            except wire.ProtocolViolation as exc:
+                self.fatal(exc.sqlstate, f"wardgate: protocol violation: {exc}")
+                return
+            except Exception:  # a bug must not leak a traceback nor let the message through
+                log.exception("unexpected error relaying from client %s", self.peer)
+                self.fatal("XX000", "wardgate: internal error; the session is closed")
+                return
+            # Statements reach the backend only after their decision events are written.
+            self.recorder.forward(self.backend.transport, data if replacement is None else replacement, self)
+            return
         if self._holding:
             self._held_input.append(data)
             return
