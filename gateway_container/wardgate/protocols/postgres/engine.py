@@ -475,12 +475,8 @@ class ClientConnection(asyncio.Protocol):
             except _HoldCommand as hold:
                 self._start_hold(hold, data)
                 return
-            except wire.ProtocolViolation as exc:
-                self.fatal(exc.sqlstate, f"wardgate: protocol violation: {exc}")
-                return
-            except Exception:  # a bug must not leak a traceback nor let the message through
-                log.exception("unexpected error relaying from client %s", self.peer)
-                self.fatal("XX000", "wardgate: internal error; the session is closed")
+            except Exception as exc:
+                self._client_failed(exc)
                 return
             # Statements reach the backend only after their decision events are written.
             self.recorder.forward(self.backend.transport, data if replacement is None else replacement, self)
@@ -532,12 +528,8 @@ class ClientConnection(asyncio.Protocol):
                         pieces.append(replacement)
                         flushed = end
                 pos = end
-        except wire.ProtocolViolation as exc:
-            self.fatal(exc.sqlstate, f"wardgate: protocol violation: {exc}")
-            return
-        except Exception:  # a bug must not leak a traceback nor let the message through
-            log.exception("unexpected error relaying from client %s", self.peer)
-            self.fatal("XX000", "wardgate: internal error; the session is closed")
+        except Exception as exc:
+            self._client_failed(exc)
             return
         if pos < size and not self._holding:
             tail = data[pos:]
@@ -552,6 +544,15 @@ class ClientConnection(asyncio.Protocol):
         if outgoing:
             # Statements reach the backend only after their decision events are written.
             self.recorder.forward(self.backend.transport, outgoing, self)
+
+    def _client_failed(self, exc: Exception) -> None:
+        """End the session over a protocol violation, or a bug (called in its ``except`` block): a
+        bug must not leak a traceback nor let the message through."""
+        if isinstance(exc, wire.ProtocolViolation):
+            self.fatal(exc.sqlstate, f"wardgate: protocol violation: {exc}")
+        else:
+            log.exception("unexpected error relaying from client %s", self.peer)
+            self.fatal("XX000", "wardgate: internal error; the session is closed")
 
     def _client_message(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
         """Handle one complete client message; return replacement bytes, or None to forward it.
