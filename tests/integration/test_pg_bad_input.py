@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from wardgate.core.session import Session
 from wardgate.devtools.harness import GatewayThread
 from wardgate.protocols.postgres import wire
 
@@ -604,6 +605,32 @@ def test_malformed_simple_query_alone(plain_gateway: GatewayThread, message: byt
     ended = [e for e in plain_gateway.audit_events() if e["type"] == "session.ended"
              and (e.get("identity") or {}).get("subject") == "malformed-query"]
     assert len(ended) == 1, "the session's end must be recorded"
+
+
+@pytest.mark.parametrize("packet", [
+    pytest.param(wire.query("SELECT 1"), id="query-alone"),
+    pytest.param(wire.query("SELECT 1") + wire.query("SELECT 2"), id="two-queries"),
+])
+def test_a_bug_while_deciding_ends_only_that_session(plain_gateway: GatewayThread, packet: bytes,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception while relaying a statement: FATAL XX000 "internal error" for that
+    session (no traceback, the statement not forwarded), and the other sessions carry on."""
+    decide = Session.decide
+
+    def broken(self, command, parameters=None):
+        if self.principal is not None and self.principal.subject == "buggy":
+            raise RuntimeError("a bug")
+        return decide(self, command, parameters)
+
+    monkeypatch.setattr(Session, "decide", broken)
+    with bystander(plain_gateway):
+        client = raw(plain_gateway)
+        try:
+            authenticate(client, plain_gateway.token("buggy"))
+            client.send(packet)
+            refusal(client.read_until_close(), sqlstate="XX000", mentions=("internal error",))
+        finally:
+            client.close()
 
 
 def test_newer_protocol_minor_and_unknown_options_are_negotiated(plain_gateway: GatewayThread) -> None:
