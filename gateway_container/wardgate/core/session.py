@@ -139,6 +139,8 @@ class Session:
         self._sql_prepared: dict[str, StatementClass] = {}
         self._prepared_version = 0
         self._exec_cache: dict[int, tuple] = {}
+        # id(classification) → (classification, policy, allow decision, its serialized members or None)
+        self._allowed: dict[int, tuple] = {}
         self._end_after_hold: str | None = None
         self._decisions = core.observer.decision_counts(protocol)
         self._latency_bounds, self._latency = core.observer.latency_histogram(protocol)
@@ -234,6 +236,22 @@ class Session:
             except SqlParseError as exc:
                 decision = Decision(Verdict.DENY, "builtin:unparseable",
                                     f"statement refused: it cannot be parsed ({exc})", _UNPARSEABLE_CONTROLS)
+            else:
+                # This session allowed a statement of this shape under this policy before: the same
+                # decision again (see _remember_allowed for when one is kept), unless the trail or
+                # the archive went down since.
+                memo = self._allowed.get(id(classification))
+                if (memo is not None and memo[0] is classification and memo[1] is policy
+                        and core.recorder.last_error is None and core.refusing is None):
+                    log = self.log
+                    if log.recorder.spool is None:
+                        self._decisions[_ALLOW] += 1
+                        return memo[2], ""
+                    if memo[3] is not None:
+                        event_id = log.decided(command.kind, command.text, command.statement_name,
+                                               classification.fingerprint, memo[3])
+                        self._decisions[_ALLOW] += 1
+                        return memo[2], event_id
         if classification is not None and classification.touches_prepared and self._sql_prepared:
             classification = self._with_prepared(classification)
         if decision is not None:
@@ -257,6 +275,9 @@ class Session:
                                      session_started=self.started_at, now=time.time(), roles=roles)
             if decision.verdict is _REVIEW and self._approved:
                 decision = self._covered_by_approval(decision, command, parameters)
+            elif (decision.verdict is _ALLOW and not decision.volatile and classification is not None
+                  and not classification.touches_prepared and core.approvals is None):
+                self._remember_allowed(classification, policy, decision)
         verdict = decision.verdict
         if verdict is not _ALLOW:
             self.denied += 1
@@ -276,6 +297,24 @@ class Session:
         else:
             event_id = ""
         return decision, event_id
+
+    def _remember_allowed(self, classification: Classification, policy: Policy, decision: Decision) -> None:
+        """Keep an allow decision for the next statement of the same shape in this session. Only where
+        the policy's answer can be reused as it is: not time-dependent (``volatile``), no approval
+        service (whose just-in-time grants change the roles mid-session), no prepared statement
+        involved (its meaning depends on what this session prepared), and the classification itself
+        not a refusal (``encoding_change`` never reaches here)."""
+        if classification.encoding_change:
+            return
+        if len(self._allowed) >= _ALLOWED_MEMO_SIZE:
+            self._allowed.clear()
+        members = None
+        if self.log.recorder.spool is not None:
+            entry = _DECIDED_MEMBERS.get(id(decision))
+            if entry is None or entry[0] is not decision or entry[1] is not policy:
+                entry = _decided_members(decision, policy)
+            members = entry[2]
+        self._allowed[id(classification)] = (classification, policy, decision, members)
 
     # --- SQL-level PREPARE / EXECUTE ----------------------------------------------------------------
     def _track_prepared(self, classification: Classification) -> None:
@@ -484,6 +523,7 @@ class Session:
 
 
 _dumps = orjson.dumps
+_ALLOWED_MEMO_SIZE = 256  # statement shapes remembered per session (a session that sends more starts over)
 # id(decision) → (decision, policy, the decision's members of a command.decided event). Decisions are
 # cached by the policy, so a statement shape reuses one object; the entry holds a reference to it,
 # so the id cannot be reused while it is here, and the identity checks confirm a hit.
