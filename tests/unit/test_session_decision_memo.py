@@ -16,54 +16,25 @@ from wardgate.core.model import Command, Principal, Verdict
 from wardgate.core.policy import parse_policy
 from wardgate.core.session import DecisionCore
 
-READS_ALLOWED = b"""
-version: 1
-name: memo-reads-allowed
-roles:
-  agent: {match: [{groups: [ai-agents]}]}
-  quarantined: {match: [{groups: [nobody]}]}
-rules:
-  - name: quarantine
-    effect: deny
-    roles: [quarantined]
-    when: {classes: [read]}
-    message: quarantined
-  - name: agents-read
-    effect: allow
-    roles: [agent]
-    when: {classes: [read]}
-"""
+def _policy(name: str, rules: str, extra_roles: str = "") -> bytes:
+    return (f"version: 1\nname: {name}\nroles:\n  agent: {{match: [{{groups: [ai-agents]}}]}}\n{extra_roles}"
+            f"rules:\n{rules}").encode()
 
-READS_DENIED = b"""
-version: 1
-name: memo-reads-denied
-roles:
-  agent: {match: [{groups: [ai-agents]}]}
-rules:
-  - name: no-reads
-    effect: deny
-    roles: [agent]
-    when: {classes: [read]}
-    message: reads are off
-"""
 
+_AGENTS_READ = "  - {name: agents-read, effect: allow, roles: [agent], when: {classes: [read]}}\n"
+READS_ALLOWED = _policy(
+    "memo-reads-allowed",
+    "  - {name: quarantine, effect: deny, roles: [quarantined], when: {classes: [read]}, message: quarantined}\n"
+    + _AGENTS_READ,
+    extra_roles="  quarantined: {match: [{groups: [nobody]}]}\n")
+READS_DENIED = _policy(
+    "memo-reads-denied",
+    "  - {name: no-reads, effect: deny, roles: [agent], when: {classes: [read]}, message: reads are off}\n")
 # Reads are allowed, except in sessions older than an hour.
-READS_IN_YOUNG_SESSIONS = b"""
-version: 1
-name: memo-young-sessions
-roles:
-  agent: {match: [{groups: [ai-agents]}]}
-rules:
-  - name: old-sessions
-    effect: deny
-    roles: [agent]
-    when: {classes: [read], session_older_than: 1h}
-    message: session too old
-  - name: agents-read
-    effect: allow
-    roles: [agent]
-    when: {classes: [read]}
-"""
+READS_IN_YOUNG_SESSIONS = _policy(
+    "memo-young-sessions",
+    "  - {name: old-sessions, effect: deny, roles: [agent], when: {classes: [read], session_older_than: 1h},"
+    " message: session too old}\n" + _AGENTS_READ)
 
 
 def _session(policy: bytes, recorder: Recorder | None = None, approvals=None):
