@@ -107,6 +107,25 @@ def test_a_grant_that_changes_the_roles_changes_the_decision_of_a_remembered_sha
     assert decision.verdict is Verdict.DENY and decision.rule == "quarantine", decision
 
 
+READS_ONLY_ELEVATED = _policy(
+    "memo-reads-elevated",
+    "  - {name: elevated-read, effect: allow, roles: [elevated], when: {classes: [read]}}\n",
+    extra_roles="  elevated: {match: [{groups: [nobody]}]}\n")
+
+
+def test_an_expired_grant_changes_the_decision_of_a_remembered_shape() -> None:
+    store = _GrantStore()
+    _, session = _session(READS_ONLY_ELEVATED, approvals=store)
+    session._grants_due = float("inf")
+    assert _query(session, 1).verdict is Verdict.DENY  # no rule allows reads without the grant
+    grant = types.SimpleNamespace(id="grant-1", role="elevated", expires_at=time.time() + 60, approved_by=())
+    session._grants = [grant]
+    assert _query(session, 2).verdict is Verdict.ALLOW
+    assert _query(session, 3).verdict is Verdict.ALLOW
+    grant.expires_at = time.time() - 1  # the grant ran out
+    assert _query(session, 4).verdict is Verdict.DENY
+
+
 def test_every_statement_of_a_remembered_shape_is_recorded_with_the_policys_decision(tmp_path) -> None:
     spool = FileSpool(tmp_path / "audit", "g")
     recorder = Recorder(spool)

@@ -139,7 +139,8 @@ class Session:
         self._sql_prepared: dict[str, StatementClass] = {}
         self._prepared_version = 0
         self._exec_cache: dict[int, tuple] = {}
-        # id(classification) → (classification, policy, allow decision, its serialized members or None)
+        # id(classification) → (classification, policy, allow decision, its serialized members or None,
+        # the roles it was made for): see _remember_allowed
         self._allowed: dict[int, tuple] = {}
         self._end_after_hold: str | None = None
         self._decisions = core.observer.decision_counts(protocol)
@@ -242,7 +243,11 @@ class Session:
                 # the archive went down since.
                 memo = self._allowed.get(id(classification))
                 if (memo is not None and memo[0] is classification and memo[1] is policy
-                        and core.recorder.last_error is None and core.refusing is None):
+                        and core.recorder.last_error is None and core.refusing is None
+                        # the session's roles now (roles(), inlined for its common case) are those
+                        # it was made for: a just-in-time grant can add one, its expiry take it away
+                        and ((roles := self._roles if policy is self._roles_policy and core.approvals is None
+                              else self.roles()) is memo[4] or roles == memo[4])):
                     log = self.log
                     if log.recorder.spool is None:
                         self._decisions[_ALLOW] += 1
@@ -276,8 +281,8 @@ class Session:
             if decision.verdict is _REVIEW and self._approved:
                 decision = self._covered_by_approval(decision, command, parameters)
             elif (decision.verdict is _ALLOW and not decision.volatile and classification is not None
-                  and not classification.touches_prepared and core.approvals is None):
-                self._remember_allowed(classification, policy, decision)
+                  and not classification.touches_prepared):
+                self._remember_allowed(classification, policy, decision, roles)
         verdict = decision.verdict
         if verdict is not _ALLOW:
             self.denied += 1
@@ -298,12 +303,14 @@ class Session:
             event_id = ""
         return decision, event_id
 
-    def _remember_allowed(self, classification: Classification, policy: Policy, decision: Decision) -> None:
-        """Keep an allow decision for the next statement of the same shape in this session. Only where
-        the policy's answer can be reused as it is: not time-dependent (``volatile``), no approval
-        service (whose just-in-time grants change the roles mid-session), no prepared statement
-        involved (its meaning depends on what this session prepared), and the classification itself
-        not a refusal (``encoding_change`` never reaches here)."""
+    def _remember_allowed(self, classification: Classification, policy: Policy, decision: Decision,
+                          roles: tuple[str, ...]) -> None:
+        """Keep an allow decision for the next statement of the same shape in this session, made for
+        these ``roles``. Only where the policy's answer is a function of the shape, the identity, the
+        resource and the roles: not time-dependent (``volatile``), no SQL-level prepared statement
+        involved (its meaning depends on what this session prepared). The caller reuses it only while
+        the policy object, the roles (a grant can add one, its expiry take it away) and the audit
+        trail's and archive's health are what they were."""
         if classification.encoding_change:
             return
         if len(self._allowed) >= _ALLOWED_MEMO_SIZE:
@@ -314,7 +321,7 @@ class Session:
             if entry is None or entry[0] is not decision or entry[1] is not policy:
                 entry = _decided_members(decision, policy)
             members = entry[2]
-        self._allowed[id(classification)] = (classification, policy, decision, members)
+        self._allowed[id(classification)] = (classification, policy, decision, members, roles)
 
     # --- SQL-level PREPARE / EXECUTE ----------------------------------------------------------------
     def _track_prepared(self, classification: Classification) -> None:
