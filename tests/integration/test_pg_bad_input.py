@@ -188,6 +188,24 @@ def raw(gateway: GatewayThread) -> Raw:
     return Raw(gateway.host, gateway.port)
 
 
+def refused_after_auth(gateway: GatewayThread, subject: str, packet: bytes, **expected) -> dict[str, str]:
+    """Authenticate as ``subject``, send ``packet``: the answer must be one FATAL ErrorResponse and
+    a close (``expected``: as for :func:`refusal`); return its fields."""
+    client = raw(gateway)
+    try:
+        authenticate(client, gateway.token(subject))
+        client.send(packet)
+        return refusal(client.read_until_close(), **expected)
+    finally:
+        client.close()
+
+
+def sessions_ended(gateway: GatewayThread, subject: str) -> list[dict]:
+    """The ``session.ended`` events of ``subject``'s sessions in the gateway's trail."""
+    return [e for e in gateway.audit_events() if e["type"] == "session.ended"
+            and (e.get("identity") or {}).get("subject") == subject]
+
+
 # --- start-up phase ----------------------------------------------------------------------------------
 
 
@@ -467,13 +485,8 @@ def test_replication_refused(plain_gateway: GatewayThread, value: str) -> None:
 @pytest.mark.parametrize("length", [(1 << 30) + 1, 0xFFFFFFFF, 2])
 def test_message_length_out_of_range_after_auth(plain_gateway: GatewayThread, length: int) -> None:
     with bystander(plain_gateway):
-        client = raw(plain_gateway)
-        try:
-            authenticate(client, plain_gateway.token("huge"))
-            client.send(b"Q" + struct.pack("!I", length) + b"SELECT 1")
-            fields = refusal(client.read_until_close(), sqlstate="08P01", mentions=("length",))
-        finally:
-            client.close()
+        fields = refused_after_auth(plain_gateway, "huge", b"Q" + struct.pack("!I", length) + b"SELECT 1",
+                                    sqlstate="08P01", mentions=("length",))
         assert str(length) in fields["M"], fields
     aborted = [e for e in plain_gateway.audit_events() if e["type"] == "session.aborted"]
     assert len(aborted) == 1 and aborted[0]["code"] == "08P01", aborted
@@ -482,13 +495,8 @@ def test_message_length_out_of_range_after_auth(plain_gateway: GatewayThread, le
 @pytest.mark.parametrize("kind", [b"!", b"p", b"\x00", b"z"])
 def test_unknown_message_type_after_auth(plain_gateway: GatewayThread, kind: bytes) -> None:
     with bystander(plain_gateway):
-        client = raw(plain_gateway)
-        try:
-            authenticate(client, plain_gateway.token("odd"))
-            client.send(wire.message(kind, b"xyz\x00"))
-            fields = refusal(client.read_until_close(), sqlstate="08P01", mentions=("message type",))
-        finally:
-            client.close()
+        fields = refused_after_auth(plain_gateway, "odd", wire.message(kind, b"xyz\x00"),
+                                    sqlstate="08P01", mentions=("message type",))
         assert repr(kind.decode("latin-1")) in fields["M"], fields
 
 
@@ -519,8 +527,7 @@ def test_truncated_message_after_auth_then_close(plain_gateway: GatewayThread) -
         assert_no_traceback(data)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        ended = [e for e in plain_gateway.audit_events() if e["type"] == "session.ended"
-                 and e.get("identity", {}) and e["identity"]["subject"] == "trunc"]
+        ended = sessions_ended(plain_gateway, "trunc")
         if ended:
             break
         time.sleep(0.05)
@@ -575,16 +582,8 @@ def test_malformed_extended_query_message(plain_gateway: GatewayThread, message:
     """A Parse/Bind/Execute/Close whose strings are not NUL-terminated is a protocol violation: the
     client must be told so (FATAL 08P01), not dropped by an exception inside the relay."""
     with bystander(plain_gateway):
-        client = raw(plain_gateway)
-        try:
-            authenticate(client, plain_gateway.token("malformed"))
-            client.send(message + wire.message(b"S"))
-            refusal(client.read_until_close(), sqlstate="08P01")
-        finally:
-            client.close()
-    ended = [e for e in plain_gateway.audit_events() if e["type"] == "session.ended"
-             and (e.get("identity") or {}).get("subject") == "malformed"]
-    assert len(ended) == 1, "the session's end must be recorded"
+        refused_after_auth(plain_gateway, "malformed", message + wire.message(b"S"), sqlstate="08P01")
+    assert len(sessions_ended(plain_gateway, "malformed")) == 1, "the session's end must be recorded"
 
 
 @pytest.mark.parametrize("message", [
@@ -595,16 +594,8 @@ def test_malformed_simple_query_alone(plain_gateway: GatewayThread, message: byt
     """A Query whose text is not NUL-terminated, sent as the only message of its packet (the relay's
     one-whole-query path): FATAL 08P01 that says so, and the session's end is recorded."""
     with bystander(plain_gateway):
-        client = raw(plain_gateway)
-        try:
-            authenticate(client, plain_gateway.token("malformed-query"))
-            client.send(message)
-            refusal(client.read_until_close(), sqlstate="08P01", mentions=("NUL-terminated",))
-        finally:
-            client.close()
-    ended = [e for e in plain_gateway.audit_events() if e["type"] == "session.ended"
-             and (e.get("identity") or {}).get("subject") == "malformed-query"]
-    assert len(ended) == 1, "the session's end must be recorded"
+        refused_after_auth(plain_gateway, "malformed-query", message, sqlstate="08P01", mentions=("NUL-terminated",))
+    assert len(sessions_ended(plain_gateway, "malformed-query")) == 1, "the session's end must be recorded"
 
 
 @pytest.mark.parametrize("packet", [
@@ -624,13 +615,7 @@ def test_a_bug_while_deciding_ends_only_that_session(plain_gateway: GatewayThrea
 
     monkeypatch.setattr(Session, "decide", broken)
     with bystander(plain_gateway):
-        client = raw(plain_gateway)
-        try:
-            authenticate(client, plain_gateway.token("buggy"))
-            client.send(packet)
-            refusal(client.read_until_close(), sqlstate="XX000", mentions=("internal error",))
-        finally:
-            client.close()
+        refused_after_auth(plain_gateway, "buggy", packet, sqlstate="XX000", mentions=("internal error",))
 
 
 def test_newer_protocol_minor_and_unknown_options_are_negotiated(plain_gateway: GatewayThread) -> None:
