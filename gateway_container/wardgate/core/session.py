@@ -259,6 +259,7 @@ class Session:
                         return memo[2], event_id
         if classification is not None and classification.touches_prepared and self._sql_prepared:
             classification = self._with_prepared(classification)
+        remember = False  # an allow decision to keep for this statement shape (_remember_allowed)
         if decision is not None:
             pass
         elif classification is not None and classification.encoding_change:
@@ -280,9 +281,9 @@ class Session:
                                      session_started=self.started_at, now=time.time(), roles=roles)
             if decision.verdict is _REVIEW and self._approved:
                 decision = self._covered_by_approval(decision, command, parameters)
-            elif (decision.verdict is _ALLOW and not decision.volatile and classification is not None
-                  and not classification.touches_prepared):
-                self._remember_allowed(classification, policy, decision, roles)
+            else:
+                remember = (decision.verdict is _ALLOW and not decision.volatile and classification is not None
+                            and not classification.touches_prepared)
         verdict = decision.verdict
         if verdict is not _ALLOW:
             self.denied += 1
@@ -297,30 +298,27 @@ class Session:
             entry = _DECIDED_MEMBERS.get(id(decision))
             if entry is None or entry[0] is not decision or entry[1] is not policy:
                 entry = _decided_members(decision, policy)
+            members = entry[2]
             event_id = log.decided(command.kind, command.text, command.statement_name,
-                                   classification.fingerprint if classification is not None else None, entry[2])
+                                   classification.fingerprint if classification is not None else None, members)
         else:
+            members = None
             event_id = ""
+        if remember:
+            self._remember_allowed(classification, policy, decision, roles, members)
         return decision, event_id
 
     def _remember_allowed(self, classification: Classification, policy: Policy, decision: Decision,
-                          roles: tuple[str, ...]) -> None:
-        """Keep an allow decision for the next statement of the same shape in this session, made for
-        these ``roles``. Only where the policy's answer is a function of the shape, the identity, the
-        resource and the roles: not time-dependent (``volatile``), no SQL-level prepared statement
-        involved (its meaning depends on what this session prepared). The caller reuses it only while
-        the policy object, the roles (a grant can add one, its expiry take it away) and the audit
-        trail's and archive's health are what they were."""
-        if classification.encoding_change:
-            return
+                          roles: tuple[str, ...], members: bytes | None) -> None:
+        """Keep an allow decision (and its serialized ``command.decided`` members, None when recording
+        is off) for the next statement of the same shape in this session, made for these ``roles``.
+        Only where the policy's answer is a function of the shape, the identity, the resource and the
+        roles: not time-dependent (``volatile``), no SQL-level prepared statement involved (its
+        meaning depends on what this session prepared). The caller reuses it only while the policy
+        object, the roles (a grant can add one, its expiry take it away) and the audit trail's and
+        archive's health are what they were."""
         if len(self._allowed) >= _ALLOWED_MEMO_SIZE:
             self._allowed.clear()
-        members = None
-        if self.log.recorder.spool is not None:
-            entry = _DECIDED_MEMBERS.get(id(decision))
-            if entry is None or entry[0] is not decision or entry[1] is not policy:
-                entry = _decided_members(decision, policy)
-            members = entry[2]
         self._allowed[id(classification)] = (classification, policy, decision, members, roles)
 
     # --- SQL-level PREPARE / EXECUTE ----------------------------------------------------------------

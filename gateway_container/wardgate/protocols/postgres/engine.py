@@ -795,18 +795,23 @@ class ClientConnection(asyncio.Protocol):
             try:
                 pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows)
             except Exception:
-                log.exception("unexpected error relaying to client %s", self.peer)
-                self.fatal("XX000", "wardgate: internal error; the session is closed")
+                self._backend_failed()
                 return
             if pos == len(data):
                 if pos:
                     self.recorder.forward(self.transport, data, self)
                 return
-            self._continue_from_backend(data, pos)
-            return
-        self._continue_from_backend(data, 0, True)
+        else:
+            pos = 0
+        self._continue_from_backend(data, pos)
 
-    def _continue_from_backend(self, data: bytes, pos: int, scan: bool = False) -> None:
+    def _backend_failed(self) -> None:
+        """A bug while relaying to the client (called in its ``except`` block): logged, the session
+        closed with XX000; no traceback leaks and nothing more is forwarded."""
+        log.exception("unexpected error relaying to client %s", self.peer)
+        self.fatal("XX000", "wardgate: internal error; the session is closed")
+
+    def _continue_from_backend(self, data: bytes, pos: int) -> None:
         if self._backend_tail:
             self._backend_tail.append(data)
             self._backend_tail_size += len(data)
@@ -824,7 +829,8 @@ class ClientConnection(asyncio.Protocol):
         held = False
         kind = 0
         try:
-            if scan and _scan_backend is not None and not self._limits and not self._tables:
+            # (Where the scan above stopped, it stops again at once: the message there is not its.)
+            if _scan_backend is not None and not self._limits and not self._tables:
                 pos, self._rows = _scan_backend(data, pos, pending, self.session.result, self._rows)
             while size - pos >= 5:
                 kind = data[pos]
@@ -913,8 +919,7 @@ class ClientConnection(asyncio.Protocol):
             self.fatal(exc.sqlstate, f"wardgate: {exc}; the session is closed")
             return
         except Exception:
-            log.exception("unexpected error relaying to client %s", self.peer)
-            self.fatal("XX000", "wardgate: internal error; the session is closed")
+            self._backend_failed()
             return
         if pos < size:
             tail = data[pos:]
