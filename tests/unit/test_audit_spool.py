@@ -67,6 +67,30 @@ def test_batches_larger_than_the_reservation_step_and_rotation(tmp_path: Path) -
     assert all(_sealed_as_written(path) for path in segments)
 
 
+def test_zeros_written_ahead_never_cover_events(tmp_path: Path, monkeypatch) -> None:
+    """The zeros written ahead of the copies (so their pages are in the page cache) land only past the
+    last event: with lines of every size crossing many fill steps, the live file is always exactly
+    the events and then NULs, and so is it where writing the zeros fails (the copies fault in)."""
+    monkeypatch.setattr(audit, "_FILL_AHEAD", 8192)
+    spool = _spool(tmp_path / "audit", tmp_path, segment_bytes=64 << 20)
+    written = []
+    real_pwrite = os.pwrite
+    for n in range(600):
+        if n == 300:  # from here on, writing zeros fails
+            monkeypatch.setattr(audit.os, "pwrite", lambda *args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        line = _line(n, size=(n * 37) % 9000)
+        spool.write(line)
+        written.append(line)
+        if n % 50 == 0 or n == 599:
+            content = spool.current_path.read_bytes()
+            size = sum(map(len, written))
+            assert content[:size] == b"".join(written) and content[size:].strip(b"\0") == b""
+    monkeypatch.setattr(audit.os, "pwrite", real_pwrite)
+    live = spool.current_path
+    spool.close()
+    assert live.read_bytes() == b"".join(written) and _sealed_as_written(live)
+
+
 def test_without_shared_mappings_events_are_written_with_pwrite(tmp_path: Path, monkeypatch, caplog) -> None:
     def refuse(*args, **kwargs):
         raise OSError(errno.ENODEV, "No such device")

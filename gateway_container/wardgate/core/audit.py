@@ -128,6 +128,12 @@ _RESERVE_STEP = 4 << 20
 _MAP_SLACK = 1 << 20
 _MAP_MAX = 256 << 20  # a larger segment is mapped in windows of this size (address space)
 _CAN_PREALLOCATE = hasattr(os, "posix_fallocate")
+# Zeros are written with pwrite(2) this far ahead of the mapped copies, so the pages the copies land
+# on are already in the page cache: a first write to a page of a preallocated (unwritten) extent
+# faults into the file system, which reads the page in as zeros and marks it written (measured here:
+# ~5 µs per page, ~1 µs per 900-byte copy; ~0.3 µs with the zeros written ahead, their pwrite included).
+_FILL_AHEAD = 256 << 10
+_ZEROS = bytes(_FILL_AHEAD)
 
 
 class FileSpool:
@@ -142,6 +148,8 @@ class FileSpool:
     machine crash); sealing truncates it to the bytes written. Measured here (session 5): ~4 µs less
     gateway CPU per pgbench transaction than a ``write(2)`` per event-loop iteration, +5 % TPS. (An
     earlier mapping of a sparse file measured slower: the file system allocated blocks in page faults.)
+    Zeros are written (``pwrite(2)``) a step ahead of the copies, so these land on pages already in the
+    page cache (see ``_FILL_AHEAD``).
     Where a file cannot be mapped, and with ``fsync: always`` (see ``mapped``), ``pwrite(2)`` into the
     preallocated file is used instead.
 
@@ -166,7 +174,8 @@ class FileSpool:
         self._map: mmap.mmap | None = None
         self._map_start = 0  # file offsets the mapping covers: [_map_start, _map_end)
         self._map_end = 0
-        self._copy_end = 0  # events ending here or before are copied straight in (mapped, allocated)
+        self._copy_end = 0  # events ending here or before are copied straight in (mapped, allocated, filled)
+        self._filled = 0  # bytes of the live segment in the page cache (written: events, then zeros)
         self._released = 0
         # False: pwrite(2) into the preallocated file instead of the mapping. The Recorder sets it for
         # ``fsync: always``: there every write lands on a page that the previous batch's fsync is
@@ -235,7 +244,7 @@ class FileSpool:
                 continue
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells recover() of other gateways: alive
         self._fd, self._path, self._size = fd, path, 0
-        self._allocated = self._map_start = self._map_end = self._copy_end = 0
+        self._allocated = self._map_start = self._map_end = self._copy_end = self._filled = 0
         self._map = None
         self._summary = SegmentSummary()
         self._hasher = hashlib.sha256()
@@ -298,7 +307,8 @@ class FileSpool:
                 self._map_start, self._map_end = base, base + length
                 self._released = 0  # offset in the mapping below which pages were given back
         if self.mapped:
-            self._copy_end = min(self._map_end, self._allocated)
+            self._fill_ahead(end)
+            self._copy_end = min(self._map_end, self._allocated, self._filled)
             self._map[start - self._map_start:end - self._map_start] = data
             # Unmap what is written (the page cache keeps it, dirty until written back), so the
             # gateway's resident memory does not grow with the segment: once per reservation step.
@@ -323,6 +333,21 @@ class FileSpool:
                 except OSError:
                     pass
             raise
+
+    def _fill_ahead(self, end: int) -> None:
+        """Write zeros after ``end`` (the end of the events being written; nothing is written there
+        yet) up to ``_FILL_AHEAD`` further, within the preallocated space. Reading the segment is
+        unchanged: a live segment ends in NUL bytes either way."""
+        start = max(self._filled, end)
+        stop = min(self._allocated, end + _FILL_AHEAD)
+        try:
+            while start < stop:
+                start += os.pwrite(self._fd, memoryview(_ZEROS)[:stop - start], start)
+        except OSError:
+            # Not needed for correctness (the space is preallocated): the copies fault pages in.
+            self._filled = self._allocated
+            return
+        self._filled = max(self._filled, stop)
 
     def _reserve(self, end: int) -> None:
         """Preallocate the live segment to at least ``end`` bytes: a step ahead when the disk has
