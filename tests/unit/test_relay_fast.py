@@ -12,6 +12,8 @@ from collections import deque
 import pytest
 
 from wardgate.core.audit import Recorder
+from wardgate.core.model import Principal
+from wardgate.core.policy import load_policy
 from wardgate.devtools.harness import relay_without_sockets
 from wardgate.protocols.postgres import engine, wire
 
@@ -241,19 +243,31 @@ def _extended_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
     return request, answer + wire.ready_for_query(b"I")
 
 
-def _run(traffic: list[tuple[bytes, bytes]], cuts: list[list[int]], scanner) -> tuple:
+def _run(traffic: list[tuple[bytes, bytes]], cuts: list[list[int]], scanner, policy=None) -> tuple:
+    """Relay ``traffic`` (backend answers cut at ``cuts``) with ``scanner`` as the compiled scan; with
+    ``policy``, as an agent under it (results masked as its profiles say)."""
     async def go():
         recorder = Recorder(None)
         recorder.start(asyncio.get_running_loop())
         connection = relay_without_sockets(recorder, _Transport(), _Transport(), name="test")
+        if policy is not None:
+            connection.frontend.core.policy = policy
+            connection.frontend.resources["test"] = None  # no column here has a table: nothing is looked up
+            connection.session.principal = Principal("https://issuer.example", "test", groups=("ai-agents",))
         results = _Calls()
         original = connection.session.result
+        original_note = connection.session.note
 
         def result(event, status, rows=None, tag=None, error=None, seconds=None):
             results(event, status, rows, tag, error, seconds)
             return original(event, status, rows, tag, error, seconds)
 
+        def note(event_type, **fields):  # the command.masked reports, in order with the results
+            results(fields.get("command"), event_type, fields.get("maskings"), None, None, None)
+            return original_note(event_type, **fields)
+
         connection.session.result = result
+        connection.session.note = note
         seen_pending = []
         for (request, answer), positions in zip(traffic, cuts):
             connection.data_received(request)
@@ -261,14 +275,16 @@ def _run(traffic: list[tuple[bytes, bytes]], cuts: list[list[int]], scanner) -> 
             for cut in positions + [len(answer)]:
                 connection._from_backend(answer[start:cut])
                 start = cut
-            seen_pending.append(len(connection._pending))
+            seen_pending.append((len(connection._pending), len(connection._tables)))
         await asyncio.sleep(0)
         recorder.close()
         # event ids are random: compare their order of appearance instead
         ids: dict = {}
         calls = [(ids.setdefault(event, len(ids)), *rest) for event, *rest in results.calls]
+        calls = [call if call[1] != "command.masked" else (*call[:2], repr(call[2]), *call[3:]) for call in calls]
         return (bytes(connection.transport.data), bytes(connection.backend.transport.data), calls,
-                connection._rows, seen_pending, connection._backend_skip, connection._closing_by_client)
+                connection._rows, seen_pending, connection._backend_skip, connection._closing_by_client,
+                dict(connection._tables))
 
     saved = engine._scan_backend
     engine._scan_backend = scanner
@@ -291,6 +307,69 @@ def test_random_traffic_gives_the_same_client_bytes_results_and_state(seed: int)
     client_bytes, _, calls, *_ = with_c
     assert client_bytes == b"".join(answer for _, answer in traffic)  # nothing here is masked or refused
     assert len(calls) >= 300
+
+
+TEXT_DESCRIPTION = _msg(b"T", b"\x00\x01note\x00" + bytes(6) + b"\x00\x00\x00\x19" + b"\xff\xff" + bytes(6))
+EMAIL = b"mail alice@example.com now"
+NOTICE_WITH_EMAIL = _msg(b"N", b"SNOTICE\x00C00000\x00Mhello\x00Dfrom bob@example.org\x00\x00")
+
+
+def _masked_simple_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
+    """A simple query the default policy allows an agent, with its pii-and-secrets profile: results
+    with nothing to mask (an int column), with a text column the detectors scan, and both in one query."""
+    plain = ROW_DESCRIPTION + b"".join(_row(b"%d" % i) for _ in range(rng.randrange(0, 4)))
+    scanned = TEXT_DESCRIPTION + b"".join(_row(rng.choice((EMAIL, b"nothing here", rng.randbytes(300))))
+                                          for _ in range(rng.randrange(0, 4)))
+    shape = rng.randrange(5) if i >= 0 else 5
+    if shape == 0:  # pgbench's: nothing to mask
+        answer = plain + _complete(b"SELECT 1")
+    elif shape == 1:
+        answer = scanned + _complete(b"SELECT 2")
+    elif shape == 2:  # nothing to mask, then something, in one query (and the other way round)
+        first, second = (plain, scanned) if rng.random() < 0.5 else (scanned, plain)
+        answer = first + _complete(b"SELECT 1") + second + _complete(b"SELECT 3")
+    elif shape == 3:  # a notice quoting a value, in a result with nothing to mask
+        answer = ROW_DESCRIPTION + NOTICE_WITH_EMAIL + _row(b"5") + _complete(b"SELECT 1")
+    elif shape == 4:  # an error during the rows
+        answer = plain + _msg(b"E", b"SERROR\x00C57014\x00Mcanceling statement\x00\x00")
+    else:  # rows after a result ended, without a RowDescription: the session ends (fail closed), the
+        # rows are not passed on
+        answer = plain + _complete(b"SELECT 1") + _row(EMAIL) + _complete(b"SELECT 1")
+    return wire.query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {i};"), answer + wire.ready_for_query(b"I")
+
+
+def _masked_extended_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
+    text = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+    request = (_msg(b"P", b"\x00" + text + b"\x00\x00\x00") + _msg(b"B", b"\x00" * 8) + _msg(b"D", b"P\x00")
+               + _msg(b"E", b"\x00" + bytes(4)) + _msg(b"S"))
+    description, value = rng.choice(((ROW_DESCRIPTION, b"42"), (TEXT_DESCRIPTION, EMAIL)))
+    answer = (_msg(b"1") + _msg(b"2") + description + _row(value) * rng.randrange(0, 3)
+              + _complete(b"SELECT 1") + wire.ready_for_query(b"I"))
+    return request, answer
+
+
+@needs_fast
+@pytest.mark.parametrize("seed", range(6))
+def test_random_masked_traffic_gives_the_same_client_bytes_results_and_state(seed: int) -> None:
+    """Masked results too: the scan takes the rows and end of a result with nothing to mask, the
+    Python loop everything the masker must see. Same client bytes (values masked), results, masking
+    reports (the notice's) and state; rows that come without a RowDescription end the session."""
+    policy = load_policy(engine.__file__.rsplit("/gateway_container/", 1)[0] + "/policies/ai-agent-default/policy.yaml")
+    rng = random.Random(seed)
+    traffic = [(_masked_extended_exchange if rng.random() < 0.3 else _masked_simple_exchange)(rng, i)
+               for i in range(200)] + [_masked_simple_exchange(rng, -1)]
+    cuts = [sorted(rng.sample(range(1, len(answer)), min(len(answer) - 1, rng.randrange(0, 4))))
+            for _, answer in traffic]
+    with_c = _run(traffic, cuts, fast.scan_backend, policy)
+    with_python = _run(traffic, cuts, None, policy)
+    assert with_c == with_python
+    client_bytes, _, calls, *_ = with_c
+    sent = b"".join(answer for _, answer in traffic)
+    assert b"protocol violation" not in client_bytes[:-200] and b"without a known layout" in client_bytes[-200:]
+    assert b"alice@example.com" in sent and b"alice@example.com" not in client_bytes
+    assert b"bob@example.org" in sent and b"bob@example.org" not in client_bytes
+    assert any(call[1] == "command.masked" for call in calls)
+    assert sum(call[1] == "ok" for call in calls) >= 100
 
 
 @needs_fast

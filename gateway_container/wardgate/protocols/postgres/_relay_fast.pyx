@@ -16,8 +16,18 @@ returning where the Python loop must go on. What it takes:
 - ``1``/``2``/``3`` Parse/Bind/CloseComplete of an extended-protocol entry, ``n`` NoData answering
   an unmasked Describe: popped.
 
-The caller uses it only while no result has a row limit or masked tables (``_limits``/``_tables``
-empty), so what it skips never needs them. ``tests/unit/test_relay_fast.py`` runs random backend
+Of a masked entry (a masking profile at ``[4]``), it takes only what needs no masker:
+
+- ``Z`` ending a masked simple query: its entry popped, and its masked tables (``tables``) dropped;
+- ``D`` and ``C`` of ``plain``: the entry whose current result has no column to mask (the Python
+  side built its masker from the RowDescription, or the first row, and found nothing to mask), handled
+  as an unmasked entry's, except that ``C`` first calls ``finished(event)`` (the connection's
+  ``_finish_masking``: a notice masked during the result is reported there). ``plain`` holds for that
+  result only: the next result of the same simple query starts with a RowDescription, which the
+  Python loop handles (everything else of a masked entry stops the scan too).
+
+The caller uses it only while no result has a row limit (``_limits`` empty), so what it skips never
+needs one. ``tests/unit/test_relay_fast.py`` runs random backend
 streams through the connection with and without it and compares everything the client and the trail
 see. Used only when ``SOURCE_SHA256`` (the SHA-256 of this file, compiled in by ``setup.py``) matches
 this file; ``WARDGATE_RELAY_PYTHON=1`` turns it off.
@@ -109,10 +119,12 @@ cdef object _tag_rows(const unsigned char *tag, Py_ssize_t size, str text):
     return value
 
 
-def scan_backend(object data, Py_ssize_t pos, object pending, object result, object rows_so_far):
+def scan_backend(object data, Py_ssize_t pos, object pending, object result, object rows_so_far,
+                 object plain=None, dict tables=None, object finished=None):
     """Handle complete backend messages of ``data`` from ``pos`` while they are of the kinds above;
     return ``(pos, rows)``: where the Python loop goes on, and the DataRows counted since the last
-    result (``rows_so_far`` on entry). Anything but ``bytes`` is left to the Python loop whole."""
+    result (``rows_so_far`` on entry). Anything but ``bytes`` is left to the Python loop whole.
+    Without ``tables`` and ``finished``, every message of a masked entry stops the scan."""
     if type(data) is not bytes:
         return pos, rows_so_far
     cdef const unsigned char *buf = <const unsigned char *>PyBytes_AS_STRING(data)
@@ -124,6 +136,8 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
     cdef object rows = rows_so_far
     cdef str tag
     popleft = None
+    if tables is None or finished is None:
+        plain = None
     while size - pos >= 5:
         kind = buf[pos]
         length = _length_at(buf + pos + 1)
@@ -134,13 +148,17 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
             break  # incomplete: the Python loop streams or buffers it
         head = _head(pending)
         if kind == KIND_D:
-            if head is not None and head[4] is not None:
+            if head is not None and head[4] is not None and head is not plain:
                 break  # a masked result: the masker's path
             rows = rows + 1
         elif kind == KIND_Z:
             if head is None:
                 break
-            if not (_unmasked_query(head) or head[0] == KIND_S):
+            if head[0] == KIND_Q and head[4] is not None:
+                if tables is None:
+                    break
+                tables.pop(head[1], None)  # the masked query is over
+            elif not (head[0] == KIND_Q or head[0] == KIND_S):
                 break
             if popleft is None:
                 popleft = pending.popleft
@@ -159,11 +177,14 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
         elif kind == KIND_C:
             if head is None:
                 break
-            if head[4] is not None:
-                break
             k = head[0]
             if not (k == KIND_Q or k == KIND_E):
                 break
+            if head[4] is not None:
+                if head is not plain:
+                    break
+                finished(head[1])  # before the result, as _backend_message
+                plain = None  # (the masker state is reset there)
             tag_size = <Py_ssize_t>length - 5
             if tag_size < 0:
                 tag_size = 0

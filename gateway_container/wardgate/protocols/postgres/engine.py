@@ -787,13 +787,14 @@ class ClientConnection(asyncio.Protocol):
 
     # --- relay: backend → client ----------------------------------------------------------------
     def _from_backend(self, data: bytes) -> None:
-        if (_scan_backend is not None and not self._backend_tail and not self._backend_skip and not self._limits
-                and not self._tables):
+        if _scan_backend is not None and not self._backend_tail and not self._backend_skip and not self._limits:
             # The common case up front: the compiled scan takes every message of the chunk (whole
-            # unmasked results), so the chunk goes on as it came. Otherwise the loop below goes on
-            # from where the scan stopped, as when the scan runs there.
+            # results with nothing to mask), so the chunk goes on as it came. Otherwise the loop
+            # below goes on from where the scan stopped, as when the scan runs there.
             try:
-                pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows)
+                pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows,
+                                                self._masker_head if self._masker is None else None,
+                                                self._tables, self._finish_masking)
             except Exception:
                 self._backend_failed()
                 return
@@ -830,8 +831,12 @@ class ClientConnection(asyncio.Protocol):
         kind = 0
         try:
             # (Where the scan above stopped, it stops again at once: the message there is not its.)
-            if _scan_backend is not None and not self._limits and not self._tables:
-                pos, self._rows = _scan_backend(data, pos, pending, self.session.result, self._rows)
+            scan = _scan_backend if not self._limits else None
+            if scan is not None:
+                pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
+                                       self._masker_head if self._masker is None else None,
+                                       self._tables, self._finish_masking)
+            rescan = False
             while size - pos >= 5:
                 kind = data[pos]
                 length = _length_at(data, pos + 1)[0]
@@ -862,6 +867,7 @@ class ClientConnection(asyncio.Protocol):
                                     b"D" + (len(masked) + 4).to_bytes(4, "big") + masked)
                         else:
                             replacement = self._mask_datarow(pending[0], data, pos + 5, end)
+                            rescan = self._masker is None  # nothing to mask in this result
                     else:
                         replacement = None
                 elif kind == 90 and pending and pending[0][0] == _Q and pending[0][4] is None:
@@ -888,6 +894,9 @@ class ClientConnection(asyncio.Protocol):
                     replacement = None
                 else:
                     replacement = self._backend_message(kind, data, pos + 5, end)
+                    # A RowDescription starts a masked result: if it has nothing to mask, the scan
+                    # takes its rows and end.
+                    rescan = kind == 84
                 if replacement is not None:
                     if pieces is None:
                         pieces = []
@@ -895,6 +904,11 @@ class ClientConnection(asyncio.Protocol):
                     pieces.append(replacement)
                     flushed = end
                 pos = end
+                if rescan and scan is not None:
+                    rescan = False
+                    pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
+                                           self._masker_head if self._masker is None else None,
+                                           self._tables, self._finish_masking)
         except _NeedCatalog as need:
             # Columns must be resolved before this message can be masked: hold the rest of the
             # stream (from this message on), look them up, then carry on where we stopped.
