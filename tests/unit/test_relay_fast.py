@@ -373,6 +373,34 @@ def test_random_masked_traffic_gives_the_same_client_bytes_results_and_state(see
 
 
 @needs_fast
+def test_a_masked_result_is_taken_only_when_its_row_description_says_nothing_is_masked() -> None:
+    answer = ROW_DESCRIPTION + _row(b"1") + _complete(b"SELECT 1") + wire.ready_for_query(b"I")
+    after_t = len(ROW_DESCRIPTION)
+    for verdict, stop in ((None, 0), (False, after_t), (True, len(answer))):
+        entry = (Q, "ev", 0.0, None, "profile", "SELECT 1")
+        pending, tables, seen = deque([entry]), {"ev": ("t",)}, []
+        result = _Calls()
+
+        def start(head, data, begin, end):
+            seen.append(("start", data[begin - 5:end]))
+            return verdict
+
+        def finished(event):
+            seen.append(("finished", event, list(result.calls)))
+
+        pos, rows = fast.scan_backend(answer, 0, pending, result, 0, None, tables, finished, start)
+        assert pos == stop, verdict
+        assert seen[0] == ("start", ROW_DESCRIPTION)
+        if verdict:  # rows counted, masking finished before the result is recorded, entry and tables gone
+            assert seen[1] == ("finished", "ev", []) and result.calls == [("ev", "ok", 1, "SELECT 1", None)]
+            assert not pending and not tables and rows == 0
+        else:
+            assert len(seen) == 1 and not result.calls and list(pending) == [entry] and tables and rows == 0
+    # without tables and finished, a masked entry's messages are all left to the Python loop
+    assert fast.scan_backend(answer, 0, deque([entry]), _Calls(), 0, None, None, None, start) == (0, 0)
+
+
+@needs_fast
 def test_a_pending_entry_of_another_shape_is_refused_not_read() -> None:
     # Entries are read without bounds checks: anything but a 6-tuple must raise (the engine then
     # closes the session) instead of reading past its end.

@@ -19,6 +19,11 @@ returning where the Python loop must go on. What it takes:
 Of a masked entry (a masking profile at ``[4]``), it takes only what needs no masker:
 
 - ``Z`` ending a masked simple query: its entry popped, and its masked tables (``tables``) dropped;
+- ``T`` of a masked simple query: ``start(entry, data, start, end)`` (the connection's
+  ``_scan_row_description``) builds the result's masker; it answers True when the result has nothing
+  to mask (the entry becomes ``plain``, below), False when it has (the scan stops after the message:
+  the masker takes the rows), None when the message must be left to the Python loop (columns to look
+  up first; nothing was changed);
 - ``D`` and ``C`` of ``plain``: the entry whose current result has no column to mask (the Python
   side built its masker from the RowDescription, or the first row, and found nothing to mask), handled
   as an unmasked entry's, except that ``C`` first calls ``finished(event)`` (the connection's
@@ -120,11 +125,12 @@ cdef object _tag_rows(const unsigned char *tag, Py_ssize_t size, str text):
 
 
 def scan_backend(object data, Py_ssize_t pos, object pending, object result, object rows_so_far,
-                 object plain=None, dict tables=None, object finished=None):
+                 object plain=None, dict tables=None, object finished=None, object start=None):
     """Handle complete backend messages of ``data`` from ``pos`` while they are of the kinds above;
     return ``(pos, rows)``: where the Python loop goes on, and the DataRows counted since the last
     result (``rows_so_far`` on entry). Anything but ``bytes`` is left to the Python loop whole.
     Without ``tables`` and ``finished``, every message of a masked entry stops the scan."""
+    cdef object starts
     if type(data) is not bytes:
         return pos, rows_so_far
     cdef const unsigned char *buf = <const unsigned char *>PyBytes_AS_STRING(data)
@@ -138,6 +144,7 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
     popleft = None
     if tables is None or finished is None:
         plain = None
+        start = None
     while size - pos >= 5:
         kind = buf[pos]
         length = _length_at(buf + pos + 1)
@@ -168,6 +175,15 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
                 break
             if kind == KIND_T and _unmasked_query(head):
                 pass
+            elif kind == KIND_T and head[0] == KIND_Q and start is not None:
+                starts = start(head, data, pos + 5, end)  # a masked result begins: its masker
+                if starts is None:
+                    break  # left to the Python loop
+                pos = end
+                if not starts:
+                    break  # the masker takes the rows
+                plain = head
+                continue
             elif head[0] == KIND_D and head[4] is None:  # answering a Describe (not the gateway's own)
                 if popleft is None:
                     popleft = pending.popleft

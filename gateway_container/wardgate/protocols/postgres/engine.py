@@ -792,9 +792,12 @@ class ClientConnection(asyncio.Protocol):
             # results with nothing to mask), so the chunk goes on as it came. Otherwise the loop
             # below goes on from where the scan stopped, as when the scan runs there.
             try:
-                pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows,
-                                                self._masker_head if self._masker is None else None,
-                                                self._tables, self._finish_masking)
+                if self._tables:  # masked results pending: what of them needs no masker, too
+                    pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows,
+                                                    self._masker_head if self._masker is None else None,
+                                                    self._tables, self._finish_masking, self._scan_row_description)
+                else:
+                    pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows)
             except Exception:
                 self._backend_failed()
                 return
@@ -835,7 +838,7 @@ class ClientConnection(asyncio.Protocol):
             if scan is not None:
                 pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
                                        self._masker_head if self._masker is None else None,
-                                       self._tables, self._finish_masking)
+                                       self._tables, self._finish_masking, self._scan_row_description)
             rescan = False
             while size - pos >= 5:
                 kind = data[pos]
@@ -908,7 +911,7 @@ class ClientConnection(asyncio.Protocol):
                     rescan = False
                     pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
                                            self._masker_head if self._masker is None else None,
-                                           self._tables, self._finish_masking)
+                                           self._tables, self._finish_masking, self._scan_row_description)
         except _NeedCatalog as need:
             # Columns must be resolved before this message can be masked: hold the rest of the
             # stream (from this message on), look them up, then carry on where we stopped.
@@ -980,6 +983,16 @@ class ClientConnection(asyncio.Protocol):
         self._masker = ResultMasker.build(fields, head[4], catalog.column, self._tables.get(head[1], ()),
                                           self.frontend.masking_key, self._mask_report, catalog.generation)
         self._masker_head = head
+
+    def _scan_row_description(self, head: tuple, data: bytes, start: int, end: int) -> bool | None:
+        """For the compiled scan, the RowDescription of a masked simple query's result: build its
+        masker; True when the result has nothing to mask, False when it has, None (nothing changed)
+        when its columns must be looked up first (the Python loop then handles the message)."""
+        try:
+            self._start_masker(head, parse_row_description(data[start:end]))
+        except _NeedCatalog:
+            return None
+        return self._masker is None
 
     def _mask_datarow(self, head: tuple, data: bytes, start: int, end: int) -> bytes | None:
         if self._masker_head is not head:
