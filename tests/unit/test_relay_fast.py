@@ -14,7 +14,7 @@ import pytest
 from wardgate.core.audit import Recorder
 from wardgate.core.model import Principal
 from wardgate.core.policy import load_policy
-from wardgate.devtools.harness import relay_without_sockets
+from wardgate.devtools.harness import CollectingTransport, relay_without_sockets
 from wardgate.protocols.postgres import engine, wire
 
 fast = engine._RELAY_FAST
@@ -177,21 +177,6 @@ def test_random_command_tags_match_python() -> None:
 
 
 # --- the connection with and without it ---------------------------------------------------------
-class _Transport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
 def _simple_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
     """A simple query and a backend answer of one of the shapes PostgreSQL sends."""
     shape = rng.randrange(6)
@@ -249,7 +234,7 @@ def _run(traffic: list[tuple[bytes, bytes]], cuts: list[list[int]], scanner, pol
     async def go():
         recorder = Recorder(None)
         recorder.start(asyncio.get_running_loop())
-        connection = relay_without_sockets(recorder, _Transport(), _Transport(), name="test")
+        connection = relay_without_sockets(recorder, CollectingTransport(), CollectingTransport(), name="test")
         if policy is not None:
             connection.frontend.core.policy = policy
             connection.frontend.resources["test"] = None  # no column here has a table: nothing is looked up

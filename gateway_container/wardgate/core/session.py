@@ -220,7 +220,8 @@ class Session:
         return self._roles + extra if extra else self._roles
 
     def decide(self, command: Command, parameters: tuple | None = None) -> tuple[Decision, str]:
-        """Decide one command and record the decision. Returns (decision, event id).
+        """Decide one command and record the decision. Returns (decision, event id); without a
+        trail, an id unique within the session that names no event (``unrecorded-N``).
 
         ``parameters`` (hashed as :meth:`await_approval` hashes them) are given when the command runs
         with them now (a held Execute); a ``review`` decision is then covered by an earlier approval of
@@ -251,7 +252,7 @@ class Session:
                     log = self.log
                     if log.recorder.spool is None:
                         self._decisions[_ALLOW] += 1
-                        return memo[2], ""
+                        return memo[2], "unrecorded-%d" % self.commands
                     if memo[3] is not None:
                         event_id = log.decided(command.kind, command.text, command.statement_name,
                                                classification.fingerprint, memo[3])
@@ -302,8 +303,10 @@ class Session:
             event_id = log.decided(command.kind, command.text, command.statement_name,
                                    classification.fingerprint if classification is not None else None, members)
         else:
+            # Nothing is recorded, but adapters key what they keep per statement (masked tables,
+            # row limits) by this id: unique within the session, as an event id is.
             members = None
-            event_id = ""
+            event_id = "unrecorded-%d" % self.commands
         if remember:
             self._remember_allowed(classification, policy, decision, roles, members)
         return decision, event_id

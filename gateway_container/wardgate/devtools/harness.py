@@ -172,6 +172,23 @@ def default_test_config(postgres: Any, tmp_dir: Path, **overrides: Any) -> dict[
     return config
 
 
+class CollectingTransport:
+    """A transport for :func:`relay_without_sockets` that keeps what the relay writes (``data``)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
 def relay_frontend(recorder: Any, *, name: str = "bench") -> Any:
     """One gateway's PostgreSQL front end (allow-all policy, metrics) recording to ``recorder``:
     the sessions of :func:`relay_without_sockets` share it, as a server's sessions share theirs."""

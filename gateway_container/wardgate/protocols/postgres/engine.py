@@ -59,6 +59,7 @@ _EXTENDED = frozenset({_P, _B, _D, _E, _C})
 _ALLOW = Verdict.ALLOW  # enum member lookups go through a descriptor in 3.11: look up once
 # A Describe the gateway sends itself (to learn a masked portal's columns); its answer is not relayed.
 _INJECTED_DESCRIBE = -1
+_KEPT_PER_EVENT_MIN = 64  # masked tables / row limits kept before unreferenced ones are looked for
 _COPY_CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
 # A message's length field, read in place: ~4x cheaper than int.from_bytes of a slice, per message.
 _length_at = struct.Struct("!I").unpack_from
@@ -220,6 +221,7 @@ class ClientConnection(asyncio.Protocol):
         self._copy_csv = False
         self._tables: dict[str, tuple] = {}  # decision event → tables it touches (masked commands)
         self._limits: dict[str, tuple[int, str]] = {}  # decision event → (max rows, rule)
+        self._kept_per_event_limit = _KEPT_PER_EVENT_MIN  # see _forget_unreferenced_events
         self._read_holds: set[str] = set()
         self._backend_read_holds: set[str] = set()
         # approval holds: the client's input from the held message on waits here until the outcome
@@ -623,6 +625,8 @@ class ClientConnection(asyncio.Protocol):
             if refusal is None and decision.max_rows is not None:
                 self._limits[event] = (decision.max_rows, decision.rule)
             self._statements[name] = (event, profile, text, self.frontend.core.policy, decision.volatile)
+            if len(self._tables) + len(self._limits) > self._kept_per_event_limit:
+                self._forget_unreferenced_events()
             self._statement_layouts.pop(name, None)
             if self._discard_until_sync:
                 # The backend skips to Sync after an error: this statement will not run.
@@ -668,6 +672,8 @@ class ClientConnection(asyncio.Protocol):
                 if decision.max_rows is not None:
                     self._limits[event] = (decision.max_rows, decision.rule)
                 self._statements[statement] = (event, profile, entry[2], self.frontend.core.policy, decision.volatile)
+                if len(self._tables) + len(self._limits) > self._kept_per_event_limit:
+                    self._forget_unreferenced_events()
             layout = None
             if profile is not None:
                 described = self._statement_layouts.get(statement)
@@ -730,6 +736,23 @@ class ClientConnection(asyncio.Protocol):
         elif kind == _E and event is not None:
             self._skip(event)
         return replacement
+
+    def _forget_unreferenced_events(self) -> None:
+        """Drop the masked tables and row limits kept for statements nothing refers to any more.
+
+        A simple query's are dropped at its ReadyForQuery; an extended-protocol statement's live as
+        long as a prepared statement, a portal, a pending message or an approval review refers to its
+        decision: until then a later Execute needs them. Called as the maps grow past twice what was
+        live at the last call, so the cost per statement stays constant."""
+        live = {entry[0] for entry in self._statements.values()}
+        live.update(entry[0] for entry in self._portals.values())
+        live.update(entry[1] for entry in self._pending)
+        live.update(entry[1] for entry in self._review_statements.values())
+        live.update(entry[1] for entry in self._review_portals.values())
+        for kept in (self._tables, self._limits):
+            for event in [event for event in kept if event not in live]:
+                del kept[event]
+        self._kept_per_event_limit = max(_KEPT_PER_EVENT_MIN, 2 * (len(self._tables) + len(self._limits)))
 
     # --- approval holds ---------------------------------------------------------------------------
     def _start_hold(self, hold: "_HoldCommand", held: bytes) -> None:
