@@ -9,6 +9,7 @@ OIDs of a live table are stable; names can change with ALTER … RENAME, hence t
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Iterable
 
@@ -72,6 +73,18 @@ class CatalogResolver:
     def missing(self, oids: Iterable[int]) -> set[int]:
         now = time.monotonic()
         return {oid for oid in oids if oid and (oid not in self._columns or now - self._columns[oid][0] > CACHE_SECONDS)}
+
+    def fresh_until(self, oids: Iterable[int]) -> float:
+        """Until when none of these OIDs' names is due for reloading (``missing`` names none of them
+        before then); 0 if one is not loaded, infinity for none (columns without a table)."""
+        until = math.inf
+        for oid in oids:
+            if oid:
+                entry = self._columns.get(oid)
+                if entry is None:
+                    return 0.0
+                until = min(until, entry[0] + CACHE_SECONDS)
+        return until
 
     async def load(self, oids: set[int]) -> None:
         if not oids:

@@ -217,6 +217,9 @@ class ClientConnection(asyncio.Protocol):
         # masking state of the result being relayed
         self._masker: ResultMasker | None = None
         self._masker_head: tuple | None = None
+        # (fields, profile, tables, catalog, its generation, fresh until) of the last result that had
+        # nothing to mask: see _start_masker
+        self._unmasked_shape: tuple | None = None
         self._mask_report = MaskReport()
         self._copy_csv = False
         self._tables: dict[str, tuple] = {}  # decision event → tables it touches (masked commands)
@@ -999,13 +1002,26 @@ class ClientConnection(asyncio.Protocol):
 
     def _start_masker(self, head: tuple, fields: list) -> None:
         """Build the masker for the result that starts now (raises _NeedCatalog first if needed)."""
-        missing = self.catalog.missing(f.table_oid for f in fields)
+        catalog = self.catalog
+        profile = head[4]
+        tables = self._tables.get(head[1], ())
+        unmasked = self._unmasked_shape
+        if (unmasked is not None and unmasked[0] is fields and unmasked[1] is profile and unmasked[2] is tables
+                and unmasked[3] is catalog and unmasked[4] == catalog.generation and time.monotonic() < unmasked[5]):
+            # The result shape of the last result that had nothing to mask, under the same profile,
+            # tables and catalog names, none of them due for reloading yet: nothing to mask again.
+            self._masker = None
+            self._masker_head = head
+            return
+        missing = catalog.missing(f.table_oid for f in fields)
         if missing:
             raise _NeedCatalog(missing)
-        catalog = self.catalog
-        self._masker = ResultMasker.build(fields, head[4], catalog.column, self._tables.get(head[1], ()),
-                                          self.frontend.masking_key, self._mask_report, catalog.generation)
+        self._masker = ResultMasker.build(fields, profile, catalog.column, tables, self.frontend.masking_key,
+                                          self._mask_report, catalog.generation)
         self._masker_head = head
+        if self._masker is None:
+            self._unmasked_shape = (fields, profile, tables, catalog, catalog.generation,
+                                    catalog.fresh_until(f.table_oid for f in fields))
 
     def _scan_row_description(self, head: tuple, data: bytes, start: int, end: int) -> bool | None:
         """For the compiled scan, the RowDescription of a masked simple query's result: build its
