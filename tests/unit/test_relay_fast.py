@@ -325,7 +325,9 @@ def _masked_simple_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
 
 def _masked_extended_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
     text = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
-    request = (_msg(b"P", b"\x00" + text + b"\x00\x00\x00") + _msg(b"B", b"\x00" * 8) + _msg(b"D", b"P\x00")
+    # Without the client's Describe, the gateway asks for the layout itself (its answer is not passed on).
+    describe = _msg(b"D", b"P\x00") if rng.random() < 0.7 else b""
+    request = (_msg(b"P", b"\x00" + text + b"\x00\x00\x00") + _msg(b"B", b"\x00" * 8) + describe
                + _msg(b"E", b"\x00" + bytes(4)) + _msg(b"S"))
     description, value = rng.choice(((ROW_DESCRIPTION, b"42"), (TEXT_DESCRIPTION, EMAIL)))
     answer = (_msg(b"1") + _msg(b"2") + description + _row(value) * rng.randrange(0, 3)

@@ -19,11 +19,17 @@ returning where the Python loop must go on. What it takes:
 Of a masked entry (a masking profile at ``[4]``), it takes only what needs no masker:
 
 - ``Z`` ending a masked simple query: its entry popped, and its masked tables (``tables``) dropped;
-- ``T`` of a masked simple query: ``start(entry, data, start, end)`` (the connection's
-  ``_scan_row_description``) builds the result's masker; it answers True when the result has nothing
-  to mask (the entry becomes ``plain``, below), False when it has (the scan stops after the message:
-  the masker takes the rows), None when the message must be left to the Python loop (columns to look
-  up first; nothing was changed);
+- where a masked result begins, ``start(entry, data, start, end)`` (the connection's
+  ``_scan_result_start``) does the Python loop's work for the message and answers None when the
+  message must be left to the Python loop instead (nothing was changed: columns to look up first, no
+  known layout…):
+  - ``T`` of a masked simple query: the result's masker is built; True when the result has nothing
+    to mask (the entry becomes ``plain``, below), False when it has (the scan stops after the
+    message: the masker takes the rows);
+  - ``T`` answering a masked Describe: the layout is remembered (True), the entry popped;
+  - the first ``D`` of a masked Execute: the masker is built from the portal's layout; True when
+    nothing is masked (the entry becomes ``plain``, the row is counted), False when it is (the scan
+    stops before the row: the masker takes it);
 - ``D`` and ``C`` of ``plain``: the entry whose current result has no column to mask (the Python
   side built its masker from the RowDescription, or the first row, and found nothing to mask), handled
   as an unmasked entry's, except that ``C`` first calls ``finished(event)`` (the connection's
@@ -156,7 +162,12 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
         head = _head(pending)
         if kind == KIND_D:
             if head is not None and head[4] is not None and head is not plain:
-                break  # a masked result: the masker's path
+                if head[0] != KIND_E or start is None:
+                    break  # a masked result: the masker's path
+                starts = start(head, data, pos + 5, end)  # a masked Execute's rows begin: its masker
+                if not starts:
+                    break  # left to the Python loop, or the masker takes the rows
+                plain = head
             rows = rows + 1
         elif kind == KIND_Z:
             if head is None:
@@ -184,6 +195,12 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
                     break  # the masker takes the rows
                 plain = head
                 continue
+            elif kind == KIND_T and head[0] == KIND_D and start is not None:
+                if not start(head, data, pos + 5, end):  # answering a masked Describe: its layout
+                    break
+                if popleft is None:
+                    popleft = pending.popleft
+                popleft()
             elif head[0] == KIND_D and head[4] is None:  # answering a Describe (not the gateway's own)
                 if popleft is None:
                     popleft = pending.popleft

@@ -821,7 +821,7 @@ class ClientConnection(asyncio.Protocol):
                 if self._tables:  # masked results pending: what of them needs no masker, too
                     pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows,
                                                     self._masker_head if self._masker is None else None,
-                                                    self._tables, self._finish_masking, self._scan_row_description)
+                                                    self._tables, self._finish_masking, self._scan_result_start)
                 else:
                     pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows)
             except Exception:
@@ -864,7 +864,7 @@ class ClientConnection(asyncio.Protocol):
             if scan is not None:
                 pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
                                        self._masker_head if self._masker is None else None,
-                                       self._tables, self._finish_masking, self._scan_row_description)
+                                       self._tables, self._finish_masking, self._scan_result_start)
             rescan = False
             while size - pos >= 5:
                 kind = data[pos]
@@ -937,7 +937,7 @@ class ClientConnection(asyncio.Protocol):
                     rescan = False
                     pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
                                            self._masker_head if self._masker is None else None,
-                                           self._tables, self._finish_masking, self._scan_row_description)
+                                           self._tables, self._finish_masking, self._scan_result_start)
         except _NeedCatalog as need:
             # Columns must be resolved before this message can be masked: hold the rest of the
             # stream (from this message on), look them up, then carry on where we stopped.
@@ -1023,15 +1023,32 @@ class ClientConnection(asyncio.Protocol):
             self._unmasked_shape = (fields, profile, tables, catalog, catalog.generation,
                                     catalog.fresh_until(f.table_oid for f in fields))
 
-    def _scan_row_description(self, head: tuple, data: bytes, start: int, end: int) -> bool | None:
-        """For the compiled scan, the RowDescription of a masked simple query's result: build its
-        masker; True when the result has nothing to mask, False when it has, None (nothing changed)
-        when its columns must be looked up first (the Python loop then handles the message)."""
+    def _scan_result_start(self, head: tuple, data: bytes, start: int, end: int) -> bool | None:
+        """For the compiled scan, where a masked result begins (see ``_relay_fast``): the RowDescription
+        of a masked simple query or answering a masked Describe, or the first row of a masked Execute.
+        Does what the Python loop does there; None (nothing changed) leaves the message to the loop:
+        columns to look up first, rows without a known layout."""
         try:
-            self._start_masker(head, parse_row_description(data[start:end]))
+            if data[start - 5] == 84:  # RowDescription
+                fields = parse_row_description(data[start:end])
+                if head[0] == _Q:
+                    self._start_masker(head, fields)
+                    return self._masker is None
+                if head[0] == _D:
+                    self._remember_layout(head, fields)
+                    return True
+                return None
+            if head[0] != _E:
+                return None
+            if self._masker_head is head:
+                return False  # its masker is built: it takes the rows
+            entry = self._portals.get(head[5])
+            if entry is None or entry[2] is None:
+                return None  # the Python loop refuses rows it cannot mask by column
+            self._start_masker(head, entry[2])
+            return self._masker is None
         except _NeedCatalog:
             return None
-        return self._masker is None
 
     def _mask_datarow(self, head: tuple, data: bytes, start: int, end: int) -> bytes | None:
         if self._masker_head is not head:
