@@ -220,6 +220,7 @@ class ClientConnection(asyncio.Protocol):
         # (fields, profile, tables, catalog, its generation, fresh until) of the last result that had
         # nothing to mask: see _start_masker
         self._unmasked_shape: tuple | None = None
+        self._catalog: CatalogResolver | None = None  # see the catalog property
         self._mask_report = MaskReport()
         self._copy_csv = False
         self._tables: dict[str, tuple] = {}  # decision event → tables it touches (masked commands)
@@ -998,11 +999,15 @@ class ClientConnection(asyncio.Protocol):
     # --- masking ----------------------------------------------------------------------------------
     @property
     def catalog(self) -> CatalogResolver:
-        return self.frontend.catalog(self.session.resource)
+        # One resolver per resource for the gateway's life: looked up once per session.
+        resolver = self._catalog
+        if resolver is None:
+            resolver = self._catalog = self.frontend.catalog(self.session.resource)
+        return resolver
 
     def _start_masker(self, head: tuple, fields: list) -> None:
         """Build the masker for the result that starts now (raises _NeedCatalog first if needed)."""
-        catalog = self.catalog
+        catalog = self._catalog or self.catalog
         profile = head[4]
         tables = self._tables.get(head[1], ())
         unmasked = self._unmasked_shape
