@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard gateway_container/wardgate/*/*.pyx 
 # exit 5 ("no tests collected").
 test: venv
 	$(BIN)/lint-imports
+	$(BIN)/flake8 --select=F gateway_container functions infra tests bench localstack
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: venv

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from wardgate.core.approval import command_hash  # noqa: F401  (re-exported: one encoding, the gateway's)
+from wardgate.core import approval as _approval
 from wardgate.core.model import Principal
 
 STATEMENT = "statement"
@@ -39,6 +39,9 @@ CHANNELS = ("cli", "slack", "teams", "generic", "link")
 REQUEST_CONTROLS = ("AC-5", "AC-6")
 VOTE_CONTROLS = ("AC-5", "AU-10")
 OUTCOME_CONTROLS = ("AC-5", "AU-10")
+
+# The statement hash that approvals bind to: the gateway's own encoding, one definition (re-exported).
+command_hash = _approval.command_hash
 
 _ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
