@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from pathlib import Path
 
 import pytest
 
 from wardgate.core.audit import Recorder
 from wardgate.core.model import Principal
-from wardgate.core.policy import load_policy
+from wardgate.core.policy import load_policy, parse_policy
 from wardgate.devtools.harness import CollectingTransport, relay_without_sockets
 from wardgate.protocols.postgres import engine, wire
 
+REPO = Path(__file__).resolve().parents[2]
 fast = engine._RELAY_FAST
 needs_fast = pytest.mark.skipif(fast is None, reason=f"compiled relay loop not in use: {engine._RELAY_PROBLEM}")
 
@@ -357,6 +359,49 @@ def test_random_masked_traffic_gives_the_same_client_bytes_results_and_state(see
     assert b"bob@example.org" in sent and b"bob@example.org" not in client_bytes
     assert any(call[1] == "command.masked" for call in calls)
     assert sum(call[1] == "ok" for call in calls) >= 100
+
+
+def _limited_policy():
+    """The default policy, plus: an agent's reads of pgbench_accounts return at most 3 rows (unmasked)."""
+    text = (REPO / "policies/ai-agent-default/policy.yaml").read_text()
+    rule = ("  - name: agents-read-accounts\n    effect: allow\n    roles: [agent]\n"
+            "    when: {classes: [read], tables: [pgbench_accounts]}\n    max_rows: 3\n\n")
+    assert "  - name: agents-read\n" in text
+    return parse_policy(text.replace("  - name: agents-read\n", rule + "  - name: agents-read\n").encode())
+
+
+def _limited_exchange(rng: random.Random, i: int) -> tuple[bytes, bytes]:
+    """A limited read (up to the limit: 3 rows) or a masked one, simple or extended; the last one
+    (``i`` < 0) goes past the limit."""
+    limited = i < 0 or rng.random() < 0.5
+    table = b"pgbench_accounts" if limited else b"people"
+    rows = 5 if i < 0 else rng.randrange(0, 4)
+    answer = (ROW_DESCRIPTION + _row(b"%d" % i) * rows + _complete(b"SELECT %d" % rows))
+    if i >= 0 and rng.random() < 0.3:
+        text = b"SELECT abalance FROM " + table + b" WHERE aid = $1"
+        request = (_msg(b"P", b"\x00" + text + b"\x00\x00\x00") + _msg(b"B", b"\x00" * 8) + _msg(b"D", b"P\x00")
+                   + _msg(b"E", b"\x00" + bytes(4)) + _msg(b"S"))
+        return request, _msg(b"1") + _msg(b"2") + answer + wire.ready_for_query(b"I")
+    return wire.query(f"SELECT abalance FROM {table.decode()} WHERE aid = {i}"), answer + wire.ready_for_query(b"I")
+
+
+@needs_fast
+@pytest.mark.parametrize("seed", range(4))
+def test_random_limited_traffic_gives_the_same_client_bytes_results_and_state(seed: int) -> None:
+    """Results with a row limit: their rows are counted against it by the Python loop, everything else
+    of the stream (and of the same session) by the scan. The same client bytes, results and state;
+    the result past its limit ends the session, with its first 3 rows sent."""
+    rng = random.Random(seed)
+    traffic = [_limited_exchange(rng, i) for i in range(200)] + [_limited_exchange(rng, -1)]
+    cuts = [sorted(rng.sample(range(1, len(answer)), min(len(answer) - 1, rng.randrange(0, 4))))
+            for _, answer in traffic]
+    with_c = _run(traffic, cuts, fast.scan_backend, _limited_policy())
+    with_python = _run(traffic, cuts, None, _limited_policy())
+    assert with_c == with_python
+    client_bytes, _, calls, *_ = with_c
+    assert sum(call[1] == "ok" for call in calls) >= 150
+    assert ("limit_exceeded", 3) in [call[1:3] for call in calls[-3:]] and b"54000" in client_bytes[-300:]
+    assert client_bytes.count(_row(b"-1")) == 3
 
 
 @needs_fast

@@ -37,8 +37,9 @@ Of a masked entry (a masking profile at ``[4]``), it takes only what needs no ma
   result only: the next result of the same simple query starts with a RowDescription, which the
   Python loop handles (everything else of a masked entry stops the scan too).
 
-The caller uses it only while no result has a row limit (``_limits`` empty), so what it skips never
-needs one. ``tests/unit/test_relay_fast.py`` runs random backend
+Rows of a result with a row limit (its decision event in ``limits``, the connection's ``_limits``)
+are counted against it: the first row past it is left to the Python loop, which refuses it and the
+rest; ``Z`` of a simple query drops its limit. ``tests/unit/test_relay_fast.py`` runs random backend
 streams through the connection with and without it and compares everything the client and the trail
 see. Used only when ``SOURCE_SHA256`` (the SHA-256 of this file, compiled in by ``setup.py``) matches
 this file; ``WARDGATE_RELAY_PYTHON=1`` turns it off.
@@ -131,7 +132,8 @@ cdef object _tag_rows(const unsigned char *tag, Py_ssize_t size, str text):
 
 
 def scan_backend(object data, Py_ssize_t pos, object pending, object result, object rows_so_far,
-                 object plain=None, dict tables=None, object finished=None, object start=None):
+                 object plain=None, dict tables=None, object finished=None, object start=None,
+                 dict limits=None):
     """Handle complete backend messages of ``data`` from ``pos`` while they are of the kinds above;
     return ``(pos, rows)``: where the Python loop goes on, and the DataRows counted since the last
     result (``rows_so_far`` on entry). Anything but ``bytes`` is left to the Python loop whole.
@@ -151,6 +153,8 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
     if tables is None or finished is None:
         plain = None
         start = None
+    if limits is not None and not limits:
+        limits = None
     while size - pos >= 5:
         kind = buf[pos]
         length = _length_at(buf + pos + 1)
@@ -161,6 +165,10 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
             break  # incomplete: the Python loop streams or buffers it
         head = _head(pending)
         if kind == KIND_D:
+            if limits is not None and head is not None:
+                limit = limits.get(head[1])
+                if limit is not None and rows + 1 > limit[0]:
+                    break  # past its limit: the Python loop refuses the rest
             if head is not None and head[4] is not None and head is not plain:
                 if head[0] != KIND_E or start is None:
                     break  # a masked result: the masker's path
@@ -178,6 +186,8 @@ def scan_backend(object data, Py_ssize_t pos, object pending, object result, obj
                 tables.pop(head[1], None)  # the masked query is over
             elif not (head[0] == KIND_Q or head[0] == KIND_S):
                 break
+            if limits is not None and head[0] == KIND_Q:
+                limits.pop(head[1], None)  # the limited query is over
             if popleft is None:
                 popleft = pending.popleft
             popleft()

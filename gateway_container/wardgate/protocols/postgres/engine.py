@@ -814,15 +814,16 @@ class ClientConnection(asyncio.Protocol):
 
     # --- relay: backend → client ----------------------------------------------------------------
     def _from_backend(self, data: bytes) -> None:
-        if _scan_backend is not None and not self._backend_tail and not self._backend_skip and not self._limits:
+        if _scan_backend is not None and not self._backend_tail and not self._backend_skip:
             # The common case up front: the compiled scan takes every message of the chunk (whole
             # results with nothing to mask), so the chunk goes on as it came. Otherwise the loop
             # below goes on from where the scan stopped, as when the scan runs there.
             try:
-                if self._tables:  # masked results pending: what of them needs no masker, too
+                if self._tables or self._limits:  # masked or limited results pending
                     pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows,
                                                     self._masker_head if self._masker is None else None,
-                                                    self._tables, self._finish_masking, self._scan_result_start)
+                                                    self._tables, self._finish_masking, self._scan_result_start,
+                                                    self._limits)
                 else:
                     pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows)
             except Exception:
@@ -861,11 +862,11 @@ class ClientConnection(asyncio.Protocol):
         kind = 0
         try:
             # (Where the scan above stopped, it stops again at once: the message there is not its.)
-            scan = _scan_backend if not self._limits else None
+            scan = _scan_backend
             if scan is not None:
                 pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
                                        self._masker_head if self._masker is None else None,
-                                       self._tables, self._finish_masking, self._scan_result_start)
+                                       self._tables, self._finish_masking, self._scan_result_start, self._limits)
             rescan = False
             while size - pos >= 5:
                 kind = data[pos]
@@ -938,7 +939,8 @@ class ClientConnection(asyncio.Protocol):
                     rescan = False
                     pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
                                            self._masker_head if self._masker is None else None,
-                                           self._tables, self._finish_masking, self._scan_result_start)
+                                           self._tables, self._finish_masking, self._scan_result_start,
+                                           self._limits)
         except _NeedCatalog as need:
             # Columns must be resolved before this message can be masked: hold the rest of the
             # stream (from this message on), look them up, then carry on where we stopped.
