@@ -820,10 +820,7 @@ class ClientConnection(asyncio.Protocol):
             # below goes on from where the scan stopped, as when the scan runs there.
             try:
                 if self._tables or self._limits:  # masked or limited results pending
-                    pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows,
-                                                    self._masker_head if self._masker is None else None,
-                                                    self._tables, self._finish_masking, self._scan_result_start,
-                                                    self._limits)
+                    pos = self._scan(data, 0)
                 else:
                     pos, self._rows = _scan_backend(data, 0, self._pending, self.session.result, self._rows)
             except Exception:
@@ -836,6 +833,13 @@ class ClientConnection(asyncio.Protocol):
         else:
             pos = 0
         self._continue_from_backend(data, pos)
+
+    def _scan(self, data: bytes, pos: int) -> int:
+        """The compiled scan from ``pos``, with what masked and limited results need; where it stopped."""
+        pos, self._rows = _scan_backend(data, pos, self._pending, self.session.result, self._rows,
+                                        self._masker_head if self._masker is None else None,
+                                        self._tables, self._finish_masking, self._scan_result_start, self._limits)
+        return pos
 
     def _backend_failed(self) -> None:
         """A bug while relaying to the client (called in its ``except`` block): logged, the session
@@ -862,11 +866,8 @@ class ClientConnection(asyncio.Protocol):
         kind = 0
         try:
             # (Where the scan above stopped, it stops again at once: the message there is not its.)
-            scan = _scan_backend
-            if scan is not None:
-                pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
-                                       self._masker_head if self._masker is None else None,
-                                       self._tables, self._finish_masking, self._scan_result_start, self._limits)
+            if _scan_backend is not None:
+                pos = self._scan(data, pos)
             rescan = False
             while size - pos >= 5:
                 kind = data[pos]
@@ -935,12 +936,9 @@ class ClientConnection(asyncio.Protocol):
                     pieces.append(replacement)
                     flushed = end
                 pos = end
-                if rescan and scan is not None:
+                if rescan and _scan_backend is not None:
                     rescan = False
-                    pos, self._rows = scan(data, pos, pending, self.session.result, self._rows,
-                                           self._masker_head if self._masker is None else None,
-                                           self._tables, self._finish_masking, self._scan_result_start,
-                                           self._limits)
+                    pos = self._scan(data, pos)
         except _NeedCatalog as need:
             # Columns must be resolved before this message can be masked: hold the rest of the
             # stream (from this message on), look them up, then carry on where we stopped.
