@@ -213,3 +213,15 @@ def cli_as(gateway: Any, token: str, *args: str) -> tuple[int, str]:
         else:
             os.environ["WARDGATE_TOKEN"] = old
     return code, out.getvalue()
+
+
+def default_policy_text(*, naming_table: str | None = None) -> str:
+    """The shipped default policy (``policies/ai-agent-default``); with ``naming_table``, its masking
+    profile also has a column rule that names that table (``<table>.ssn``), so a computed column of a
+    statement reading the table is redacted whole."""
+    text = (REPO_ROOT / "policies/ai-agent-default/policy.yaml").read_text()
+    if naming_table is None:
+        return text
+    rule = '      - {match: "*.*.ssn", strategy: redact}\n'
+    assert rule in text
+    return text.replace(rule, rule + f'      - {{match: "{naming_table}.ssn", strategy: redact}}\n')

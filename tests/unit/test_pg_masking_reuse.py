@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 from wardgate.core.audit import Recorder
 from wardgate.core.model import Principal
-from wardgate.core.policy import load_policy, parse_policy
+from wardgate.core.policy import parse_policy
 from wardgate.devtools.harness import CollectingTransport, relay_without_sockets
 from wardgate.protocols.postgres import catalog as catalog_module, engine, wire
 from wardgate.protocols.postgres.catalog import CatalogResolver
+from wardgate_testkit import default_policy_text
 
-REPO = Path(__file__).resolve().parents[2]
 OID = 16400
 SECRET = b"078-05-1120 belongs to nobody"  # a column the profile masks by name, once it has that name
 
@@ -40,7 +39,7 @@ def _run(steps, queries=None, policy=None, description: bytes = ROW_DESCRIPTION)
         recorder = Recorder(None)
         recorder.start(asyncio.get_running_loop())
         connection = relay_without_sockets(recorder, CollectingTransport(), CollectingTransport(), name="orders-dev")
-        connection.frontend.core.policy = policy or load_policy(REPO / "policies/ai-agent-default/policy.yaml")
+        connection.frontend.core.policy = policy or parse_policy(default_policy_text().encode())
         resolver = CatalogResolver(None)
         connection.frontend._catalogs["orders-dev"] = resolver
         connection.session.principal = Principal("https://issuer.example", "agent", groups=("ai-agents",))
@@ -95,9 +94,7 @@ def test_names_due_for_reloading_are_not_taken_from_the_remembered_shape(monkeyp
 
 def test_the_same_result_shape_from_a_statement_on_other_tables_is_decided_again() -> None:
     # A column rule that names its table: a computed column of a statement reading it is redacted.
-    text = (REPO / "policies/ai-agent-default/policy.yaml").read_text().replace(
-        '      - {match: "*.*.ssn", strategy: redact}\n',
-        '      - {match: "*.*.ssn", strategy: redact}\n      - {match: "customers.ssn", strategy: redact}\n')
+    text = default_policy_text(naming_table="customers")
     computed = _msg(b"T", b"\x00\x01c\x00" + bytes(6) + b"\x00\x00\x00\x17" + b"\x00\x04" + bytes(6))
     # the same computed int4 column for both statements
     outputs = _run([_unchanged] * 3, ["SELECT length(note) AS c FROM notes", "SELECT length(note) AS c FROM notes",

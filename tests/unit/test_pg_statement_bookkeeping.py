@@ -7,20 +7,17 @@ off), where decisions have no event ids of their own."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from wardgate.core.audit import Recorder
 from wardgate.core.model import Principal
 from wardgate.core.policy import parse_policy
 from wardgate.devtools.harness import CollectingTransport, relay_without_sockets
 from wardgate.protocols.postgres import wire
+from wardgate_testkit import default_policy_text
 
-REPO = Path(__file__).resolve().parents[2]
-# The default policy, with a column rule that names its table: a computed column of a statement that
-# reads `customers` (``lower(ssn)``) is then redacted whole.
-POLICY = (REPO / "policies/ai-agent-default/policy.yaml").read_text().replace(
-    '      - {match: "*.*.ssn", strategy: redact}\n',
-    '      - {match: "*.*.ssn", strategy: redact}\n      - {match: "customers.ssn", strategy: redact}\n')
+# A column rule that names its table: a computed column of a statement that reads `customers`
+# (``lower(ssn)``) is then redacted whole.
+POLICY = default_policy_text(naming_table="customers")
 SECRET = b"value-derived-from-ssn"
 
 
@@ -41,7 +38,6 @@ def _agent_connection():
     recorder = Recorder(None)  # recording off: decisions get no event ids of their own
     recorder.start(asyncio.get_running_loop())
     connection = relay_without_sockets(recorder, CollectingTransport(), CollectingTransport(), name="orders-dev")
-    assert "masking" in POLICY and POLICY.count("customers.ssn") == 1
     connection.frontend.core.policy = parse_policy(POLICY.encode())
     connection.frontend.resources["orders-dev"] = None  # computed columns only: nothing is looked up
     connection.session.principal = Principal("https://issuer.example", "agent", groups=("ai-agents",))

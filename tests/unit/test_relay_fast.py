@@ -8,17 +8,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from pathlib import Path
 
 import pytest
 
 from wardgate.core.audit import Recorder
 from wardgate.core.model import Principal
-from wardgate.core.policy import load_policy, parse_policy
+from wardgate.core.policy import parse_policy
 from wardgate.devtools.harness import CollectingTransport, relay_without_sockets
 from wardgate.protocols.postgres import engine, wire
+from wardgate_testkit import default_policy_text
 
-REPO = Path(__file__).resolve().parents[2]
 fast = engine._RELAY_FAST
 needs_fast = pytest.mark.skipif(fast is None, reason=f"compiled relay loop not in use: {engine._RELAY_PROBLEM}")
 
@@ -343,7 +342,7 @@ def test_random_masked_traffic_gives_the_same_client_bytes_results_and_state(see
     """Masked results too: the scan takes the rows and end of a result with nothing to mask, the
     Python loop everything the masker must see. Same client bytes (values masked), results, masking
     reports (the notice's) and state; rows that come without a RowDescription end the session."""
-    policy = load_policy(engine.__file__.rsplit("/gateway_container/", 1)[0] + "/policies/ai-agent-default/policy.yaml")
+    policy = parse_policy(default_policy_text().encode())
     rng = random.Random(seed)
     traffic = [(_masked_extended_exchange if rng.random() < 0.3 else _masked_simple_exchange)(rng, i)
                for i in range(200)] + [_masked_simple_exchange(rng, -1)]
@@ -363,7 +362,7 @@ def test_random_masked_traffic_gives_the_same_client_bytes_results_and_state(see
 
 def _limited_policy():
     """The default policy, plus: an agent's reads of pgbench_accounts return at most 3 rows (unmasked)."""
-    text = (REPO / "policies/ai-agent-default/policy.yaml").read_text()
+    text = default_policy_text()
     rule = ("  - name: agents-read-accounts\n    effect: allow\n    roles: [agent]\n"
             "    when: {classes: [read], tables: [pgbench_accounts]}\n    max_rows: 3\n\n")
     assert "  - name: agents-read\n" in text
