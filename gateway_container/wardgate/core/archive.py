@@ -9,7 +9,9 @@ blobs, or a local directory), under the same names, so a copy of the bucket is a
 Order matters for a reader: keys first, then each segment, then its digest — a digest never appears in
 the bucket before the segment it vouches for. What was shipped is remembered in ``.shipped`` in the
 spool directory (appended, fsynced), so a restart resumes; re-shipping an object already there is a
-no-op (the store accepts identical bytes).
+no-op (the store accepts identical bytes). Gateway processes sharing a spool directory ship in turn
+(a round holds an ``flock`` on ``.shipped.lock``) and each reads what the others added to
+``.shipped`` first, so every object is put once.
 
 Fail closed: if sealed data stays unshipped longer than ``grace`` seconds because the bucket cannot
 be written, :attr:`AuditArchive.error` says so and the gateway refuses new commands until shipping
@@ -19,13 +21,15 @@ spool holds every event durably.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from wardgate.core.integrity import KEYS_DIRECTORY, digest_path_for
 from wardgate.core.ports import ObjectStore
@@ -33,6 +37,7 @@ from wardgate.core.ports import ObjectStore
 log = logging.getLogger(__name__)
 
 SHIPPED_FILE = ".shipped"
+SHIPPED_LOCK_FILE = ".shipped.lock"
 
 
 @dataclass
@@ -59,7 +64,7 @@ class AuditArchive:
         self.grace = grace
         self._clock = clock
         self._shipped: set[str] = set()
-        self._loaded = False
+        self._shipped_stamp: tuple[int, ...] | None = None  # .shipped as last read (see _load)
         self._failing_since: float | None = None
         self.last_error: str | None = None
         self.error: str | None = None  # set while the gateway must refuse commands
@@ -70,13 +75,17 @@ class AuditArchive:
 
     # --- what is there to ship -------------------------------------------------------------------
     def _load(self) -> None:
-        if self._loaded:
-            return
+        """Read ``.shipped`` again if it changed since this archive last read or wrote it: another
+        process sharing the directory shipped meanwhile. Call with the round's lock held."""
         try:
-            self._shipped = set((self.directory / SHIPPED_FILE).read_text().split())
+            with open(self.directory / SHIPPED_FILE, "rb") as file:
+                stamp = _stamp(os.fstat(file.fileno()))
+                if stamp != self._shipped_stamp:
+                    self._shipped = set(file.read().decode().split())
+                    self._shipped_stamp = stamp
         except FileNotFoundError:
             self._shipped = set()
-        self._loaded = True
+            self._shipped_stamp = None
 
     def _remember(self, names: list[str]) -> None:
         self._shipped.update(names)
@@ -84,6 +93,23 @@ class AuditArchive:
             file.write("".join(name + "\n" for name in names))
             file.flush()
             os.fsync(file.fileno())
+            # Under the round's lock nobody else appended: the set in memory is the file.
+            self._shipped_stamp = _stamp(os.fstat(file.fileno()))
+
+    @contextmanager
+    def _round_lock(self) -> Iterator[None]:
+        """Exclusive across the processes shipping this directory (blocking: each round still
+        ships, or fails and counts toward the grace, itself)."""
+        try:
+            fd = os.open(self.directory / SHIPPED_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+        except FileNotFoundError:  # no spool directory yet: nothing to ship
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _todo(self) -> list[list[str]]:
         """Groups to ship in order, each shipped whole before it is remembered: every key file; then
@@ -109,7 +135,7 @@ class AuditArchive:
     # --- shipping ----------------------------------------------------------------------------------
     def ship_once(self) -> ShipReport:
         report = ShipReport()
-        with self._lock:
+        with self._lock, self._round_lock():
             self._load()
             groups = self._todo()
             for index, group in enumerate(groups):
@@ -166,6 +192,10 @@ class AuditArchive:
         if self._thread is not None:
             self._thread.join(timeout=30)
         return self.ship_once() if final else None
+
+
+def _stamp(status: os.stat_result) -> tuple[int, ...]:
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def download_trail(store: ObjectStore, destination: Path) -> int:

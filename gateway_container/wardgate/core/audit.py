@@ -206,6 +206,8 @@ class FileSpool:
         if not self.directory.exists():
             return []
         self._load_chain()
+        for part in self.directory.glob("*" + _PART_SUFFIX):
+            _remove_abandoned_part(part)
         sealed = []
         for path in sorted(self.directory.glob("*.jsonl"), key=_segment_order):
             if not os.stat(path).st_mode & 0o200:
@@ -219,6 +221,9 @@ class FileSpool:
             except OSError:
                 os.close(fd)
                 continue  # a live gateway is writing it
+            if not os.fstat(fd).st_mode & 0o200:  # its writer sealed it since the stat above
+                os.close(fd)
+                continue
             try:
                 _truncate_preallocated_tail(fd)
                 os.fsync(fd)
@@ -237,12 +242,9 @@ class FileSpool:
             self._segment_number += 1
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             path = self.directory / f"{stamp}-{self.gateway_id}-{self._segment_number:06d}.jsonl"
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)  # read: to map it
+            fd = _create_locked(path)
+            if fd is not None:
                 break
-            except FileExistsError:
-                continue
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells recover() of other gateways: alive
         self._fd, self._path, self._size = fd, path, 0
         self._allocated = self._map_start = self._map_end = self._copy_end = self._filled = 0
         self._map = None
@@ -417,13 +419,14 @@ class FileSpool:
                 mapping.close()
             os.ftruncate(fd, size)  # the preallocated tail goes: the segment is what was written
             os.fsync(fd)
+            if self.signer is not None:
+                # Digest first, then read-only: a crash in between leaves a writable segment that has
+                # a digest, which recover() only makes read-only.
+                self._write_digest(path, summary=summary, segment_sha256=hasher.hexdigest())
+            os.chmod(path, 0o440)
         finally:
+            # Unlocked only once read-only: recover() of another gateway seals writable, unlocked segments.
             os.close(fd)
-        if self.signer is not None:
-            # Digest first, then read-only: a crash in between leaves a writable segment that has a
-            # digest, which recover() only makes read-only.
-            self._write_digest(path, summary=summary, segment_sha256=hasher.hexdigest())
-        os.chmod(path, 0o440)
 
     def _load_chain(self) -> None:
         if self.signer is not None and not self._chain_loaded and self.directory.exists():
@@ -468,6 +471,60 @@ class FileSpool:
 
     def close(self) -> None:
         self._seal_current()
+
+
+# A segment is created under this suffix and takes its name only once locked: recover() in another
+# process (it seals every writable *.jsonl whose lock it can take) must never see it unlocked.
+_PART_SUFFIX = ".part"
+
+
+def _create_locked(path: Path) -> int | None:
+    """A new, empty segment at ``path``, locked (``flock``: tells recover() of other gateways that it
+    is alive), as an fd opened for reading and writing (reading: to map it); None if ``path`` exists
+    or the part lost a race with recover() (the caller takes a new name)."""
+    part = path.with_name(path.name + _PART_SUFFIX)
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # recover() may have removed the part before the lock (it does so holding the lock): only
+        # once the locked file is still the one named ``part`` is that name ours until renamed.
+        opened, named = os.fstat(fd), os.stat(part)
+        if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
+            raise FileNotFoundError(part)
+        # Every writer creates a segment through its part (O_EXCL), so while we hold ``part`` nobody
+        # can create ``path``: checked here, it cannot appear before the rename (which would replace
+        # it). Rename rather than link, so /proc and lsof show the segment's name, not a deleted one.
+        if os.path.lexists(path):
+            part.unlink()
+            raise FileExistsError(path)
+        os.rename(part, path)  # the lock is the inode's: locked from the moment the name exists
+    except (BlockingIOError, FileNotFoundError, FileExistsError):
+        os.close(fd)  # a part left here is empty and unlocked: recover() removes it
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_abandoned_part(part: Path) -> None:
+    """Remove the part of a segment whose creator died before naming it (empty, unlocked: nothing is
+    written to a part). A locked one is being created; one holding data is not ours to judge."""
+    try:
+        fd = os.open(part, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_size == 0:
+            part.unlink(missing_ok=True)
+    except OSError:
+        pass  # locked: a live gateway is creating it
+    finally:
+        os.close(fd)
 
 
 def _truncate_preallocated_tail(fd: int, chunk: int = 1 << 20) -> None:
