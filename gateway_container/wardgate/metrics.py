@@ -8,9 +8,11 @@ the rest of the bookkeeping on the statement path.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 # Statement latency through the gateway, request received → response complete.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -83,3 +85,59 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Samples merged across workers by the minimum instead of the sum: the sink is up for the gateway only
+# if it is up in every worker (fail closed).
+_MERGED_BY_MINIMUM = frozenset({"wardgate_audit_sink_up"})
+
+
+class _Families:
+    """A collector that yields fixed metric families (the merged ones), for generate_latest."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
+def merge_expositions(texts: Iterable[bytes | str], *, workers: int | None = None,
+                      worker_restarts: int | None = None) -> bytes:
+    """One exposition for the whole gateway from each worker's :meth:`GatewayMetrics.render`.
+
+    Samples with the same name and label set are summed across workers, except ``*_created`` (the
+    earliest creation) and :data:`_MERGED_BY_MINIMUM`; a series only some workers have keeps its value.
+    Histograms sum bucket by bucket, which stays cumulative as every worker uses LATENCY_BUCKETS.
+    ``workers`` and ``worker_restarts``, when given, are the supervisor's own figures.
+    """
+    # family name → (type, help, {(sample name, sorted labels): value}), in order of first appearance
+    families: dict[str, tuple[str, str, dict[tuple, float]]] = {}
+    for text in texts:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        for family in text_string_to_metric_families(text):
+            merged = families.setdefault(family.name, (family.type, family.documentation, {}))[2]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in merged:
+                    merged[key] = sample.value
+                elif sample.name.endswith("_created") or sample.name in _MERGED_BY_MINIMUM:
+                    merged[key] = min(merged[key], sample.value)
+                else:
+                    merged[key] += sample.value
+    # Timestamps are dropped: a sum of several workers' samples has no single time.
+    out: list[Metric] = []
+    for name, (typ, documentation, samples) in families.items():
+        metric = Metric(name, documentation, typ)
+        for (sample_name, labels), value in samples.items():
+            metric.add_sample(sample_name, dict(labels), value)
+        out.append(metric)
+    if workers is not None:
+        out.append(GaugeMetricFamily("wardgate_workers", "Worker processes serving connections", value=workers))
+    if worker_restarts is not None:
+        out.append(CounterMetricFamily("wardgate_worker_restarts", "Worker processes restarted after they died",
+                                       value=worker_restarts))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(out))
+    return generate_latest(registry)
