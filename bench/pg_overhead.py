@@ -222,6 +222,7 @@ class GatewayProcess:
     policy_text: str | None = None  # a policy bundle to enforce; None: allow-all (no policy configured)
     groups: str = "dev"  # group(s) of the token minted at start
     env: dict = field(default_factory=dict)
+    workers: int = 1  # worker processes (config ``workers``); above 1 a supervisor hands them connections
 
     def __post_init__(self) -> None:
         self.name = self.name or self.mode
@@ -253,6 +254,7 @@ listeners:
 control:
   address: 127.0.0.1:{self.control_port}
 state_dir: {self.directory / 'state'}
+workers: {self.workers}
 dev_issuer: {{enabled: true}}
 resources:
   {RESOURCE}:

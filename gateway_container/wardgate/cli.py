@@ -8,28 +8,50 @@ import logging
 import sys
 from pathlib import Path
 
-from wardgate.config import ConfigError, load_config, parse_duration
+from wardgate.config import ConfigError, load_config, parse_address, parse_duration
 from wardgate.core.policy import PolicyError
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from wardgate.server import run_gateway
-
     config = load_config(args.config)
+    config_dir = Path(args.config).resolve().parent
 
     def started(gateway) -> None:
         for host, port in gateway.listener_addresses:
             print(f"wardgate: postgres listener on {host}:{port}", flush=True)
-        host, port = gateway.control_address
+        control = gateway.control if hasattr(gateway, "control") else gateway
+        host, port = control.control_address
         print(f"wardgate: control port on http://{host}:{port} (/healthz /readyz /metrics)", flush=True)
-        if gateway.dev_issuer is not None:
-            print(f"wardgate: dev issuer {gateway.dev_issuer.issuer_url}", flush=True)
-        if gateway.dev_ca_file is not None:
-            print(f"wardgate: dev TLS CA {gateway.dev_ca_file}", flush=True)
+        if control.dev_issuer is not None:
+            print(f"wardgate: dev issuer {control.dev_issuer.issuer_url}", flush=True)
+        if control.dev_ca_file is not None:
+            print(f"wardgate: dev TLS CA {control.dev_ca_file}", flush=True)
 
-    uvloop.run(run_gateway(config, Path(args.config).resolve().parent, on_started=started))
+    if args.worker_slot is not None:  # started by a supervisor (wardgate.supervisor), not by hand
+        from wardgate.server import WorkerRole, run_gateway
+
+        role = WorkerRole(args.worker_slot, args.worker_channel, parse_address(args.worker_control),
+                          Path(args.worker_run_dir))
+        uvloop.run(run_gateway(config, config_dir, worker=role))
+        return 0
+    workers = config.worker_count()
+    if workers > 1:
+        from wardgate.supervisor import WorkerStartError, run_supervisor
+
+        def supervised(supervisor) -> None:
+            started(supervisor)
+            print(f"wardgate: {workers} workers serving", flush=True)
+
+        try:
+            uvloop.run(run_supervisor(config, Path(args.config), workers, on_started=supervised))
+        except WorkerStartError as exc:
+            raise SystemExit(f"wardgate: {exc}")
+        return 0
+    from wardgate.server import run_gateway
+
+    uvloop.run(run_gateway(config, config_dir, on_started=started))
     return 0
 
 
@@ -255,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", required=True, help="gateway configuration (YAML)")
+    # Internal: how a supervisor starts its workers (see wardgate.supervisor).
+    serve.add_argument("--worker-slot", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-channel", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-control", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-run-dir", help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     token = commands.add_parser("token", help="mint a short-lived token from the dev issuer")

@@ -7,6 +7,7 @@ ignored setting. Durations accept seconds (``90``) or ``"30s"``, ``"15m"``, ``"1
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -302,6 +303,22 @@ class GatewayConfig(_Strict):
     # Key of the masking "hash" strategy (HMAC), as a credential URL (env://, file://…). Replicas that
     # must produce the same tokens share it. Default: a random key kept in state_dir/masking.key.
     masking_key: str | None = None
+    # Processes serving client sessions: a number, or "auto" (one per CPU this process may run on).
+    # Above 1, a supervisor accepts connections and hands them to the workers in turn, restarts a
+    # worker that dies, and serves the control port for all of them (see docs/workers.md).
+    workers: int | Literal["auto"] = 1
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 127):
+            return value
+        raise ValueError(f"{value!r}: workers is a number from 1 to 127, or 'auto'")
+
+    def worker_count(self) -> int:
+        if self.workers == "auto":
+            return max(1, min(127, len(os.sched_getaffinity(0))))
+        return self.workers
 
     @model_validator(mode="after")
     def _trust(self) -> "GatewayConfig":

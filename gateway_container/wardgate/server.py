@@ -6,9 +6,12 @@ import asyncio
 import logging
 import secrets
 import signal
+import socket
 import ssl
+import struct
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -27,7 +30,7 @@ from wardgate.core.policy import AllowAll, PolicyError, load_policy
 from wardgate.core.session import DecisionCore
 from wardgate.metrics import GatewayMetrics
 from wardgate.protocols.postgres.backend import BackendTarget
-from wardgate.protocols.postgres.engine import CancelRegistry, PgResource, PostgresFrontend, serve_postgres
+from wardgate.protocols.postgres.engine import CancelRegistry, PgResource, PostgresFrontend, adopt_connection, serve_postgres
 from wardgate.tlsdev import ensure_dev_certificate, server_ssl_context
 
 log = logging.getLogger("wardgate")
@@ -65,10 +68,39 @@ def backend_ssl_context(resource: ResourceConfig) -> ssl.SSLContext | None:
     return context
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """What a worker process of a supervised gateway (``wardgate.supervisor``) is told at start."""
+
+    slot: int                          # 1…127, also in the top bits of its cancel keys
+    channel_fd: int                    # SOCK_SEQPACKET to the supervisor: accepted client sockets
+    control_address: tuple[str, int]   # the supervisor's control port (dev issuer, approvals links)
+    run_dir: Path                      # private directory of the workers' internal sockets
+
+    def socket_path(self, slot: int) -> Path:
+        return worker_socket_path(self.run_dir, slot)
+
+
+def worker_socket_path(run_dir: Path, slot: int) -> Path:
+    return run_dir / f"w{slot}.sock"
+
+
 class Gateway:
-    def __init__(self, config: GatewayConfig, *, config_dir: Path | None = None):
+    """One gateway process. Alone (the default) it does everything. Supervised, it is either the
+    supervisor's ``control_only`` part (control port, dev issuer, approvals webhook and notifier, no
+    client sessions) or a ``worker`` (client sessions handed over by the supervisor, its own audit
+    writer; its metrics, readiness and cancel endpoint on an internal Unix socket)."""
+
+    def __init__(self, config: GatewayConfig, *, config_dir: Path | None = None, worker: WorkerRole | None = None,
+                 control_only: bool = False, supervisor=None):
         self.config = config
         self.config_dir = config_dir or Path.cwd()
+        self.worker = worker
+        self.control_only = control_only
+        self.supervisor = supervisor  # wardgate.supervisor.Supervisor of a control_only gateway
+        self.stop_requested = asyncio.Event()
+        self._channel: socket.socket | None = None
+        self._cancels: CancelRegistry | None = None
         self.gateway_id = uuid.uuid4().hex[:12]
         self.metrics = GatewayMetrics()
         self.dev_issuer: DevIssuer | None = None
@@ -121,18 +153,27 @@ class Gateway:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         # The control port comes first: the dev issuer's JWKS must be reachable before any token
-        # is verified, and its URL contains the bound port.
-        await self._start_control()
+        # is verified, and its URL contains the bound port. A worker's is the supervisor's.
+        if self.worker is None:
+            await self._start_control()
+        else:
+            self.control_address = self.worker.control_address
+            await self._start_worker_port()
         issuers: list[IssuerConfig] = list(config.issuers)
         if config.dev_issuer.enabled:
             host, port = self.control_address
             url = dev_issuer_url(f"{host}:{port}")
-            self.dev_issuer = DevIssuer(config.state_dir, url, config.dev_issuer.audience,
-                                        config.dev_issuer.max_token_lifetime)
+            if self.worker is None:
+                self.dev_issuer = DevIssuer(config.state_dir, url, config.dev_issuer.audience,
+                                            config.dev_issuer.max_token_lifetime)
             issuers.append(IssuerConfig(issuer=url, audience=config.dev_issuer.audience, algorithms=["ES256"],
                                         max_token_lifetime=config.dev_issuer.max_token_lifetime))
         adapters.register_secret_schemes()  # aws-sm://, gcp-sm://, azure-kv://… for credential URLs
-        if config.audit.enabled:
+        if self.control_only:
+            spool = None  # the workers record; their signing key is made once, here, before they start
+            if config.audit.enabled and not config.audit.signer:
+                LocalEd25519Signer(config.state_dir / "audit-signing-key.pem")
+        elif config.audit.enabled:
             if config.audit.signer:
                 signer = adapters.open_signer(local_url(config.audit.signer, self.config_dir))
             else:
@@ -172,7 +213,8 @@ class Gateway:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_policy())
         resources = {name: self._pg_resource(name, r) for name, r in config.resources.items()
                      if r.protocol == "postgres"}
-        cancels = CancelRegistry()
+        cancels = self._cancels = CancelRegistry(self.worker.slot, self._cancel_in_worker) if self.worker else \
+            CancelRegistry()
         masking_key = self._secret(config.masking_key, "masking.key")
         for listener in config.listeners:
             if listener.tls is not None:
@@ -181,15 +223,21 @@ class Gateway:
                 dev = ensure_dev_certificate(config.state_dir)
                 self.dev_ca_file = dev.ca_file
                 context = server_ssl_context(dev.cert_file, dev.key_file)
+            if self.control_only:
+                continue  # the supervisor listens; its workers serve
             frontend = PostgresFrontend(self.core, resources, ssl_context=context,
                                         allow_plaintext_token_on_loopback=listener.allow_plaintext_token_on_loopback,
                                         cancel_registry=cancels, masking_key=masking_key)
+            self._frontends.append(frontend)
+            if self.worker is not None:
+                continue
             host, port = parse_address(listener.address)
             server = await serve_postgres(frontend, host, port)
             self._servers.append(server)
-            self._frontends.append(frontend)
             bound = server.sockets[0].getsockname()
             self.listener_addresses.append((bound[0], bound[1]))
+        if self.worker is not None:
+            self._start_channel()
         self._ready = True
 
     def _pg_resource(self, name: str, resource: ResourceConfig) -> PgResource:
@@ -217,12 +265,88 @@ class Gateway:
         bound = site._server.sockets[0].getsockname()
         self.control_address = (bound[0], bound[1])
 
+    # --- worker of a supervised gateway ------------------------------------------------------------
+    async def _start_worker_port(self) -> None:
+        """The worker's internal endpoints, on a Unix socket in the supervisor's private directory:
+        readiness and metrics (the supervisor aggregates them) and cancel requests from other workers."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/cancel", self._cancel_http)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        path = self.worker.socket_path(self.worker.slot)
+        path.unlink(missing_ok=True)  # a previous worker in this slot died
+        await web.UnixSite(self._runner, str(path)).start()
+
+    async def _cancel_http(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if len(body) != 8:
+            return web.Response(status=400, text="a cancel request is 8 bytes: process id, secret\n")
+        pid = struct.unpack("!I", body[:4])[0]
+        await self._cancels.cancel(pid, body[4:], forwarded=True)
+        return web.Response(status=204)
+
+    async def _cancel_in_worker(self, slot: int, pid: int, secret: bytes) -> None:
+        """Hand a CancelRequest for another worker's key to that worker."""
+        import aiohttp
+
+        connector = aiohttp.UnixConnector(path=str(self.worker.socket_path(slot)))
+        timeout = aiohttp.ClientTimeout(total=5)
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+                async with client.post("http://worker/cancel", data=struct.pack("!I", pid) + secret) as answer:
+                    if answer.status != 204:
+                        log.warning("cancel for worker %d: answered %d", slot, answer.status)
+        except aiohttp.ClientError as exc:
+            raise OSError(str(exc)) from None
+
+    def _start_channel(self) -> None:
+        channel = socket.socket(fileno=self.worker.channel_fd)
+        channel.setblocking(False)
+        self._channel = channel
+        asyncio.get_running_loop().add_reader(channel.fileno(), self._on_channel)
+        channel.send(b"ready")
+
+    def _on_channel(self) -> None:
+        """Client sockets the supervisor accepted: one per message, whose byte is the listener's index."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self._channel, 16, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                message, fds = b"", []
+                log.error("worker %d: channel to the supervisor failed: %s", self.worker.slot, exc)
+            if not message and not fds:
+                # The supervisor is gone: nobody hands over connections, aggregates metrics or stops
+                # this worker any more. Stop (sessions end recorded) rather than linger.
+                loop.remove_reader(self._channel.fileno())
+                if not self.stop_requested.is_set():
+                    log.error("worker %d: the supervisor is gone; stopping", self.worker.slot)
+                    self.stop_requested.set()
+                return
+            for fd in fds:
+                client = socket.socket(fileno=fd)
+                index = message[0] if message else -1
+                if not 0 <= index < len(self._frontends):
+                    log.error("worker %d: connection for unknown listener %d closed", self.worker.slot, index)
+                    client.close()
+                    continue
+                loop.create_task(adopt_connection(self._frontends[index], client))
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
         if not self._ready:
             return web.Response(status=503, text="starting\n")
+        if self.supervisor is not None:
+            problems = await self.supervisor.worker_problems()
+            if problems:
+                return web.Response(status=503, text="".join(f"{problem}\n" for problem in problems))
         if self.recorder.last_error is not None:
             return web.Response(status=503, text=f"audit sink unavailable: {self.recorder.last_error}\n")
         if self.core is not None and self.core.refusing is not None:
@@ -230,6 +354,9 @@ class Gateway:
         return web.Response(text="ready\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.supervisor is not None:
+            body = await self.supervisor.metrics()
+            return web.Response(body=body, content_type="text/plain", charset="utf-8")
         if self.recorder is not None:
             self.metrics.audit_events.set(self.recorder.events_written)
             self.metrics.audit_up.set(0 if self.recorder.last_error else 1)
@@ -275,12 +402,14 @@ class Gateway:
         self.approval_webhook = webhook
         # An in-process queue does not survive a restart, and a cloud queue may have been down when a
         # request was stored: announce every pending request again (the notifier skips decided ones).
-        try:
-            announced = service.reannounce_pending()
-            if announced:
-                log.warning("approvals: re-announced %d pending request(s)", announced)
-        except Exception as exc:  # the store is down: held statements will be refused, loudly
-            log.error("approvals: cannot read pending requests from %s: %s", cfg.store, exc)
+        # Supervised, the supervisor does it once, not each worker.
+        if self.worker is None:
+            try:
+                announced = service.reannounce_pending()
+                if announced:
+                    log.warning("approvals: re-announced %d pending request(s)", announced)
+            except Exception as exc:  # the store is down: held statements will be refused, loudly
+                log.error("approvals: cannot read pending requests from %s: %s", cfg.store, exc)
         if cfg.notify is not None and cfg.run_notifier:
             url = cfg.notify.url
             if not url.startswith(("https://", "http://")):
@@ -331,6 +460,12 @@ class Gateway:
 
     async def stop(self) -> None:
         self._ready = False
+        if self._channel is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._channel.fileno())
+            except (ValueError, OSError):
+                pass
+            self._channel.close()
         if self._watcher is not None:
             self._watcher.cancel()
         if self._sealer_task is not None:
@@ -356,16 +491,22 @@ class Gateway:
                           "start", report.error, len(report.pending))
 
 
-async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=None) -> None:
-    gateway = Gateway(config, config_dir=config_dir)
-    stop = asyncio.Event()
+async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=None,
+                      worker: WorkerRole | None = None) -> None:
+    gateway = Gateway(config, config_dir=config_dir, worker=worker)
+    stop = gateway.stop_requested
     loop = asyncio.get_running_loop()
     # Handlers first: a SIGTERM that arrives while starting still stops the gateway cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await gateway.start()
+    if worker is not None:
+        # Ctrl-C reaches the whole process group: the supervisor stops its workers itself, and a
+        # worker that left first would look like one that died.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
     if config.policy is not None:
-        loop.add_signal_handler(signal.SIGHUP, gateway.reload_policy)
+        # Before start: a SIGHUP while starting (a supervisor passing one on) must not kill the process.
+        loop.add_signal_handler(signal.SIGHUP, lambda: gateway.core is not None and gateway.reload_policy())
+    await gateway.start()
     if on_started is not None:
         on_started(gateway)
     try:

@@ -19,6 +19,7 @@ import hmac
 import re
 import logging
 import secrets
+import socket
 import ssl
 import struct
 import time
@@ -109,21 +110,41 @@ class CancelKey:
     port: int
     backend_pid: int
     backend_secret: bytes
+    connection: "ClientConnection | None" = None
+
+
+# With worker processes, a cancel key's process id carries the worker's slot in its top bits: a
+# CancelRequest is a new connection, which may reach any worker, and the slot says which worker holds
+# the key (pgbouncer's peer id, in the same place). 24 random bits stay, and the 32-bit secret.
+SLOT_SHIFT = 24
+MAX_SLOTS = (2**31 - 1) >> SLOT_SHIFT  # 127
 
 
 class CancelRegistry:
-    """The gateway hands each client its own cancel key and maps it to the backend's."""
+    """The gateway hands each client its own cancel key and maps it to the backend's.
 
-    def __init__(self) -> None:
+    ``slot`` (1…127) is this worker's number when the gateway runs worker processes, and ``forward``
+    a coroutine function ``(slot, pid, secret)`` that delivers a CancelRequest for another worker's
+    key to that worker."""
+
+    def __init__(self, slot: int = 0, forward=None) -> None:
+        if not 0 <= slot <= MAX_SLOTS:
+            raise ValueError(f"worker slot {slot} out of range 0..{MAX_SLOTS}")
+        self.slot = slot
+        self.forward = forward
         self._keys: dict[int, CancelKey] = {}
 
-    def issue(self, host: str, port: int, backend_pid: int, backend_secret: bytes) -> tuple[int, bytes]:
+    def issue(self, host: str, port: int, backend_pid: int, backend_secret: bytes,
+              connection: "ClientConnection | None" = None) -> tuple[int, bytes]:
         while True:
-            pid = secrets.randbelow(2**31 - 1) + 1
-            if pid not in self._keys:
+            if self.slot:
+                pid = (self.slot << SLOT_SHIFT) | secrets.randbelow(1 << SLOT_SHIFT)
+            else:
+                pid = secrets.randbelow(2**31 - 1) + 1
+            if pid and pid not in self._keys:
                 break
         secret = secrets.token_bytes(4)
-        self._keys[pid] = CancelKey(secret, host, port, backend_pid, backend_secret)
+        self._keys[pid] = CancelKey(secret, host, port, backend_pid, backend_secret, connection)
         return pid, secret
 
     def find(self, pid: int, secret: bytes) -> CancelKey | None:
@@ -132,8 +153,34 @@ class CancelRegistry:
             return None
         return key
 
+    def owner(self, pid: int) -> int:
+        """The worker slot a key was issued by (0 without workers)."""
+        return pid >> SLOT_SHIFT if self.slot else 0
+
     def release(self, pid: int) -> None:
         self._keys.pop(pid, None)
+
+    async def cancel(self, pid: int, secret: bytes, *, forwarded: bool = False) -> None:
+        """Act on a CancelRequest: withdraw a held statement's approval request, or cancel what runs
+        on the backend; a key of another worker goes to that worker (once: ``forwarded``)."""
+        key = self.find(pid, secret)
+        if key is None:
+            owner = self.owner(pid)
+            if not forwarded and self.forward is not None and owner and owner != self.slot:
+                try:
+                    await self.forward(owner, pid, secret)
+                except (OSError, TimeoutError) as exc:
+                    log.warning("cancel forwarding to worker %d failed: %s", owner, exc)
+            return  # PostgreSQL also answers nothing to an unknown key
+        connection = key.connection
+        if connection is not None and connection._cancel_pid == pid and connection._holding:
+            # Nothing runs on the backend yet: the cancel withdraws the approval request.
+            connection.session.withdraw("cancelled by the client")
+            return
+        try:
+            await send_cancel(key.host, key.port, key.backend_pid, key.backend_secret)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel forwarding to %s:%s failed: %s", key.host, key.port, exc)
 
 
 class PostgresFrontend:
@@ -335,25 +382,11 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(packet, wire.GSSENCRequest):
                 self.transport.write(b"N")
             elif isinstance(packet, wire.CancelRequest):
-                await self._forward_cancel(packet)
+                await self.frontend.cancels.cancel(packet.process_id, packet.secret_key)
                 self._close()
                 return None
             else:
                 return packet
-
-    async def _forward_cancel(self, request: wire.CancelRequest) -> None:
-        key = self.frontend.cancels.find(request.process_id, request.secret_key)
-        if key is None:
-            return  # PostgreSQL also answers nothing to an unknown key
-        for connection in list(self.frontend.connections):
-            if connection._cancel_pid == request.process_id and connection._holding:
-                # Nothing runs on the backend yet: the cancel withdraws the approval request.
-                connection.session.withdraw("cancelled by the client")
-                return
-        try:
-            await send_cancel(key.host, key.port, key.backend_pid, key.backend_secret)
-        except (OSError, TimeoutError) as exc:
-            log.warning("cancel forwarding to %s:%s failed: %s", key.host, key.port, exc)
 
     async def _accept(self, startup: wire.StartupMessage) -> None:
         params = startup.parameters
@@ -429,7 +462,7 @@ class ClientConnection(asyncio.Protocol):
     def _start_relay(self, resource: PgResource, link: BackendLink, hello: BackendHello) -> None:
         self.backend = link
         self._cancel_pid, secret = self.frontend.cancels.issue(
-            resource.target.host, resource.target.port, hello.process_id, hello.secret_key)
+            resource.target.host, resource.target.port, hello.process_id, hello.secret_key, self)
         self.session.note("session.connected", backend_pid=hello.process_id, controls=["AC-3", "IA-5"])
         self._commit_or_fail()
         greeting = [wire.auth_request(wire.AUTH_OK), *hello.parameter_status, *hello.notices,
@@ -1355,3 +1388,13 @@ def _consume_exception(future: asyncio.Future) -> None:
 async def serve_postgres(frontend: PostgresFrontend, host: str, port: int) -> asyncio.base_events.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(frontend, host, port, reuse_address=True)
+
+
+async def adopt_connection(frontend: PostgresFrontend, client: socket.socket) -> None:
+    """Serve a client socket accepted elsewhere (a supervised gateway's supervisor accepts, a worker
+    serves)."""
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(frontend, client)
+    except OSError as exc:  # the client left between accept and hand-over
+        log.info("connection handed over by the supervisor is gone: %s", exc)
+        client.close()

@@ -1,0 +1,345 @@
+"""A gateway of two worker processes (``workers: 2``), run as users run it: ``wardgate serve``.
+
+GIVEN a supervised gateway, THEN sessions are served by both workers and ``/metrics`` sums them; a
+client's cancel reaches the session whichever worker the cancel connection lands on; a statement held
+in a worker is released by an approval given at the supervisor's control port; a worker killed with
+SIGKILL is started again, its open session's end is recorded and its segment sealed, while the
+other worker's sessions go on; SIGTERM stops everything cleanly and ``wardgate audit verify`` accepts
+the trail; the workers do not outlive a killed supervisor; a worker that cannot start stops
+``wardgate serve`` with its error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg import errors
+
+from wardgate.core.audit import read_segment
+from wardgate.devtools.harness import wait_for
+from wardgate.devtools.pgserver import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "policies" / "ai-agent-default" / "policy.yaml"
+RESOURCE = "orders-prod"
+HELD = re.compile(r"held for approval \(request (\S+), rule ([^)]+)\)")
+WORKER = re.compile(r"wardgate: worker (\d+) pid (\d+)")
+
+
+def wardgate_command() -> list[str]:
+    return [sys.executable, "-m", "wardgate.cli"]
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class SupervisedGateway:
+    """``wardgate serve`` with ``workers: 2`` in a subprocess, on free ports."""
+
+    def __init__(self, postgres, directory: Path, **overrides):
+        self.directory = directory
+        self.port, self.control_port = free_port(), free_port()
+        config = {
+            "listeners": [{"protocol": "postgres", "address": f"127.0.0.1:{self.port}"}],
+            "control": {"address": f"127.0.0.1:{self.control_port}"},
+            "state_dir": str(directory / "state"),
+            "dev_issuer": {"enabled": True},
+            "workers": 2,
+            "resources": {RESOURCE: {"protocol": "postgres", "host": postgres.host, "port": postgres.port,
+                                     "database": "orders", "username": "wardgate_svc",
+                                     "password": "env://WARDGATE_WORKERS_TEST_PASSWORD"}},
+            "audit": {"sink": f"file://{directory / 'audit'}"},
+        }
+        config.update(overrides)
+        self.config_path = directory / "wardgate.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.env = {**os.environ, "WARDGATE_WORKERS_TEST_PASSWORD": postgres.service_password}
+        self.log_path = directory / "serve.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def start(self) -> "SupervisedGateway":
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([*wardgate_command(), "serve", "--config", str(self.config_path)],
+                                            stdout=log, stderr=subprocess.STDOUT, cwd="/", env=self.env)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, f"wardgate serve exited: {self.output}"
+            try:
+                if http_get(self.control_url + "/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"not ready: {self.output}"
+            time.sleep(0.1)
+
+    def worker_pids(self) -> dict[int, int]:
+        """slot → pid of the latest start of each worker, as the supervisor printed it."""
+        return {int(slot): int(pid) for slot, pid in WORKER.findall(self.output)}
+
+    def token(self, subject: str, groups: str) -> str:
+        minted = subprocess.run([*wardgate_command(), "token", "--config", str(self.config_path), "--sub", subject,
+                                 "--groups", groups], capture_output=True, text=True, env=self.env, timeout=30)
+        assert minted.returncode == 0, minted.stderr
+        return minted.stdout.strip()
+
+    def dsn(self, token: str) -> str:
+        return (f"host=127.0.0.1 port={self.port} user=agent dbname={RESOURCE} password={token} "
+                f"sslmode=verify-full sslrootcert={self.directory / 'state' / 'dev-ca.pem'} connect_timeout=10")
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        status, body = http_get(self.control_url + "/metrics")
+        assert status == 200, body
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(body) for s in family.samples}
+
+    def events(self) -> list[dict]:
+        events = []
+        for path in sorted((self.directory / "audit").glob("*.jsonl")):
+            events.extend(json.loads(line) for line in read_segment(path) if line.strip())
+        return events
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            pytest.fail(f"wardgate serve did not exit on SIGTERM: {self.output}")
+
+
+@pytest.fixture
+def supervised(postgres):
+    # Not pytest's tmp_path: clients read the CA in the state dir.
+    started: list[SupervisedGateway] = []
+
+    def make(**overrides) -> SupervisedGateway:
+        gateway = SupervisedGateway(postgres, Path(tempfile.mkdtemp(prefix="wardgate-workers-")), **overrides)
+        started.append(gateway)
+        return gateway.start()
+
+    yield make
+    for gateway in started:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.stop()
+        shutil.rmtree(gateway.directory, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead too
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def audit_verify(directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*wardgate_command(), "audit", "verify", str(directory)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_sessions_are_spread_over_both_workers_and_metrics_sum_them(supervised) -> None:
+    gateway = supervised()
+    pids = gateway.worker_pids()
+    assert sorted(pids) == [1, 2] and len(set(pids.values())) == 2, gateway.output
+    token = gateway.token("agent-7", "dev")
+    connections = [psycopg.connect(gateway.dsn(token), autocommit=True) for _ in range(6)]
+    try:
+        for number, conn in enumerate(connections):
+            assert conn.execute("SELECT %s::int + 1", (number,)).fetchone() == (number + 1,)
+    finally:
+        for conn in connections:
+            conn.close()
+    samples = gateway.metrics()
+    assert samples[("wardgate_sessions_total", frozenset({("protocol", "postgres"), ("resource", RESOURCE)}))] == 6
+    assert samples[("wardgate_workers", frozenset())] == 2
+    assert samples[("wardgate_audit_sink_up", frozenset())] == 1
+    assert samples[("wardgate_decisions_total", frozenset({("protocol", "postgres"), ("verdict", "allow")}))] >= 6
+    # Each worker served three of the six (round-robin) and recorded them in its own segments.
+    sessions_by_gateway: dict[str, set] = {}
+    for event in gateway.events():
+        if event["type"] == "session.authenticated":
+            sessions_by_gateway.setdefault(event["gateway"], set()).add(event["session"])
+    assert sorted(len(s) for s in sessions_by_gateway.values()) == [3, 3], sessions_by_gateway
+    assert gateway.stop() == 0
+    result = audit_verify(gateway.directory / "audit")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cancel_reaches_the_session_whichever_worker_receives_it(supervised) -> None:
+    gateway = supervised()
+    token = gateway.token("agent-7", "dev")
+    connections = [psycopg.connect(gateway.dsn(token), autocommit=True) for _ in range(4)]
+    outcomes: list[BaseException | None] = [None] * len(connections)
+
+    def sleep(index: int) -> None:
+        try:
+            connections[index].execute("SELECT pg_sleep(60)")
+        except BaseException as exc:  # the assertion is on what the client got
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=sleep, args=(i,), daemon=True) for i in range(len(connections))]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # every pg_sleep is running
+        started = time.monotonic()
+        # The supervisor hands connections out in turn: the sessions went to workers A, B, A, B, and
+        # the four cancel connections go to A, B, A, B too. Cancelling in the order 1, 0, 3, 2 sends
+        # every cancel to the worker that does not hold its session.
+        for index in (1, 0, 3, 2):
+            connections[index].cancel()
+        for thread in threads:
+            thread.join(20)
+        assert time.monotonic() - started < 20
+        assert all(isinstance(outcome, errors.QueryCanceled) for outcome in outcomes), outcomes
+        for conn in connections:  # the sessions go on
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for conn in connections:
+            conn.close()
+
+
+def test_a_statement_held_in_a_worker_is_released_by_an_approval_at_the_supervisor(supervised, postgres) -> None:
+    gateway = supervised(policy={"file": str(BUNDLE), "watch": False})
+    table = f"held_{os.getpid()}_{int(time.time())}"
+    postgres.run_sql(f"CREATE TABLE {table} (id int PRIMARY KEY); ALTER TABLE {table} OWNER TO wardgate_svc;",
+                     dbname="orders")
+    notices: list[str] = []
+    outcome: dict[str, BaseException | None] = {}
+    # Two sessions one after the other: the supervisor hands them to different workers, so each
+    # worker holds one statement, released by an approval given at the supervisor's control port.
+    for attempt in range(2):
+        conn = psycopg.connect(gateway.dsn(gateway.token("agent-7", "ai-agents")), autocommit=True)
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+
+        def run(conn=conn, attempt=attempt) -> None:
+            try:
+                conn.execute(f"INSERT INTO {table} VALUES ({attempt})")
+                outcome[attempt] = None
+            except BaseException as exc:
+                outcome[attempt] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        wait_for(lambda: len([n for n in notices if HELD.search(n)]) > attempt, "the held notice", timeout=20)
+        request = [HELD.search(n).group(1) for n in notices if HELD.search(n)][attempt]
+        assert postgres.run_sql(f"SELECT count(*) FROM {table}", dbname="orders").strip() == str(attempt)
+        approve = subprocess.run([*wardgate_command(), "approvals", "approve", request, "--reason", "ok",
+                                  "--url", gateway.control_url], capture_output=True, text=True, timeout=30,
+                                 env={**gateway.env, "WARDGATE_TOKEN": gateway.token("dana", "dba")})
+        assert approve.returncode == 0, approve.stdout + approve.stderr
+        thread.join(20)
+        assert attempt in outcome and outcome[attempt] is None, outcome
+        conn.close()
+    assert postgres.run_sql(f"SELECT count(*) FROM {table}", dbname="orders").strip() == "2"
+    decided = [e for e in gateway.events() if e["type"] == "approval.decided"]
+    assert [e["verdict"] for e in decided] == ["approved", "approved"]
+    assert len({e["gateway"] for e in decided}) == 2  # one held in each worker
+
+
+def test_a_killed_worker_is_started_again_and_its_open_session_is_ended_in_the_trail(supervised) -> None:
+    gateway = supervised()
+    token = gateway.token("agent-7", "dev")
+    first, second = (psycopg.connect(gateway.dsn(token), autocommit=True) for _ in range(2))
+    pid_of = {conn: conn.execute("SELECT pg_backend_pid()").fetchone()[0] for conn in (first, second)}
+    sessions = {e["gateway"]: e["session"] for e in gateway.events() if e["type"] == "session.authenticated"}
+    assert len(sessions) == 2, sessions
+    old = gateway.worker_pids()
+    os.kill(old[1], signal.SIGKILL)
+    wait_for(lambda: gateway.worker_pids().get(1, old[1]) != old[1], "worker 1 to be started again", timeout=30)
+    gateway.wait_ready()
+    assert alive(old[2]) and gateway.worker_pids()[2] == old[2]
+    # Exactly one of the two sessions was on the killed worker: it is gone, the other goes on.
+    survived = []
+    for conn in (first, second):
+        try:
+            survived.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid_of[conn])
+        except psycopg.OperationalError:
+            survived.append(False)
+    assert sorted(survived) == [False, True], survived
+    # New sessions are served (by both workers again).
+    for _ in range(4):
+        with psycopg.connect(gateway.dsn(token), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    samples = gateway.metrics()
+    assert samples[("wardgate_worker_restarts_total", frozenset())] == 1
+    assert samples[("wardgate_workers", frozenset())] == 2
+    # The new worker sealed the dead one's segment and recorded the end of its open session.
+    recovered = [e for e in gateway.events() if e["type"] == "session.ended" and e.get("recovered")]
+    assert len(recovered) == 1 and recovered[0]["session"] in sessions.values(), recovered
+    assert "crashed or was killed" in recovered[0]["reason"]
+    assert "Traceback" not in gateway.output, gateway.output
+    for conn in (first, second):
+        conn.close()
+    assert gateway.stop() == 0
+    result = audit_verify(gateway.directory / "audit")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not any(alive(pid) for pid in gateway.worker_pids().values())
+
+
+def test_workers_stop_when_the_supervisor_is_killed(supervised) -> None:
+    gateway = supervised()
+    pids = gateway.worker_pids()
+    gateway.process.kill()
+    gateway.process.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in pids.values()), "the workers to stop", timeout=30)
+
+
+def test_a_worker_that_cannot_start_stops_the_gateway_with_its_error(postgres) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="wardgate-workers-"))
+    gateway = SupervisedGateway(postgres, directory, audit={"sink": f"file://{directory / 'audit'}",
+                                                                 "signer": "file:///proc/wardgate-no-key-here/key.pem"})
+    with open(gateway.log_path, "wb") as log:
+        gateway.process = subprocess.Popen([*wardgate_command(), "serve", "--config", str(gateway.config_path)],
+                                           stdout=log, stderr=subprocess.STDOUT, cwd="/", env=gateway.env)
+    try:
+        code = gateway.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        pytest.fail(f"wardgate serve kept running without workers: {gateway.output}")
+    assert code != 0
+    assert re.search(r"worker \d exited with code \d+ while starting", gateway.output), gateway.output
+    assert "/proc/wardgate-no-key-here" in gateway.output, gateway.output
+    wait_for(lambda: not any(alive(pid) for pid in gateway.worker_pids().values()), "the workers to stop",
+             timeout=30)
+    shutil.rmtree(directory, ignore_errors=True)
