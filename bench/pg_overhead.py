@@ -253,8 +253,7 @@ listeners:
     allow_plaintext_token_on_loopback: true
 control:
   address: 127.0.0.1:{self.control_port}
-state_dir: {self.directory / 'state'}
-workers: {self.workers}
+state_dir: {self.directory / 'state'}{f"{chr(10)}workers: {self.workers}" if self.workers != 1 else ""}
 dev_issuer: {{enabled: true}}
 resources:
   {RESOURCE}:

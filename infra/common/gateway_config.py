@@ -85,6 +85,9 @@ def gateway_config_document(stack: StackConfig, wiring: GatewayWiring) -> dict:
         }],
         "control": {"address": wiring.control_address},
         "state_dir": STATE_DIR,
+        # One worker process per vCPU the stack gives the container (an event loop uses one), counted
+        # here rather than "auto": a container may see more CPUs than its quota.
+        "workers": max(1, int(stack.gateway.cpu)),
         "issuers": issuer_documents(stack),
         "resources": resources,
         "policy": {"file": stack.gateway.policy_file},

@@ -231,3 +231,17 @@ def test_identities_grants_and_links_reach_the_gateway_configuration_as_the_stac
     assert gateway.identities["teams:0c1d"].display == "Alice" and gateway.identities["teams:0c1d"].groups == \
         ["platform-oncall"]
     assert (gateway.grants["dba"].quorum, gateway.grants["dba"].max_duration) == (2, 5400.0)
+
+
+@pytest.mark.parametrize("cpu, workers", [(0.25, 1), (0.5, 1), (1, 1), (2, 2), (4, 4)])
+def test_the_gateway_runs_one_worker_process_per_vcpu_of_its_container(cpu, workers):
+    from infra.common.gateway_config import GatewayWiring, gateway_config_document
+    from wardgate.config import GatewayConfig
+
+    values = _dev_values()
+    values["gateway"] = {**values["gateway"], "cpu": cpu}
+    config = parse_stack_config(values, "Pulumi.test.yaml")
+    wiring = GatewayWiring(audit_archive="file:///a", signer="file:///k.pem", approvals_queue="memory://q",
+                           decision_store="sqlite:///d", approvals_public_url="https://x", masking_key="env://MASK",
+                           resource_passwords={"orders": "env://A"}, tls_cert_file="/c.pem", tls_key_file="/k.pem")
+    assert GatewayConfig.model_validate(gateway_config_document(config, wiring)).worker_count() == workers
