@@ -138,18 +138,41 @@ MASKING_PATHS = (
 
 # --------------------------------------------------------------------------------------- helpers
 def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    """utime + stime of a process (all its threads) and of its live descendants (a gateway with
+    ``workers``: the supervisor and its workers), from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+    for child in _children(pid):
+        try:
+            total += process_cpu_seconds(child)
+        except OSError:
+            pass  # gone meanwhile
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for children in Path(f"/proc/{pid}/task").glob("*/children")
+            for child in children.read_text().split()]
 
 
 def process_rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants (a gateway with ``workers`` is a supervisor
+    and its worker processes)."""
+    total = 0
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+                total = int(line.split()[1])
+                break
+        else:
+            raise RuntimeError(f"no VmRSS for pid {pid}")
+    for child in _children(pid):
+        try:
+            total += process_rss_kib(child)
+        except (OSError, RuntimeError):
+            pass  # gone meanwhile
+    return total
 
 
 def _parent_death_signal() -> None:
@@ -245,6 +268,8 @@ class GatewayProcess:
             policy_file = self.directory / "policy.yaml"
             policy_file.write_text(self.policy_text)
             audit += f"\npolicy: {{file: {json.dumps(str(policy_file))}, watch: false}}"
+        # Only when set: a configuration an older gateway (an A/B against a previous commit) accepts.
+        workers = f"\nworkers: {self.workers}" if self.workers != 1 else ""
         self.config_path.write_text(f"""\
 # written by bench/pg_overhead.py ({self.name}; audit mode: {self.mode})
 listeners:
@@ -253,7 +278,7 @@ listeners:
     allow_plaintext_token_on_loopback: true
 control:
   address: 127.0.0.1:{self.control_port}
-state_dir: {self.directory / 'state'}{f"{chr(10)}workers: {self.workers}" if self.workers != 1 else ""}
+state_dir: {self.directory / 'state'}{workers}
 dev_issuer: {{enabled: true}}
 resources:
   {RESOURCE}:
@@ -849,6 +874,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--masking-rows", type=int, default=MASKING_ROWS,
                         help=f"rows of the masking table (default {MASKING_ROWS})")
     parser.add_argument("--masking-repeat", type=int, default=3, help="runs per masking path; median (default 3)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="gateway worker processes (config 'workers'; default 1: one process)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 if any line misses its target")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, audit files)")
@@ -864,6 +891,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--policy: {args.policy} is not a file")
     if args.masking_repeat < 1 or args.masking_rows < 1:
         parser.error("--masking-repeat and --masking-rows must be at least 1")
+    if not 1 <= args.workers <= 127:
+        parser.error("--workers: from 1 to 127")
     if args.sessions > 190:
         parser.error("--sessions: the throwaway server allows 200 connections; use at most 190")
     return args
@@ -887,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
             endpoints.append(Endpoint("passthrough", "-", "127.0.0.1", port, pg.service_user, pg.dbname,
                                       pg.service_password, sslmode, direct.sslrootcert, proxy=passthrough))
         for mode in args.modes:
-            gateway = GatewayProcess(mode, workdir / f"gateway-{mode}", free_port(), free_port())
+            gateway = GatewayProcess(mode, workdir / f"gateway-{mode}", free_port(), free_port(), workers=args.workers)
             gateways.append(gateway)
             gateway.start(pg)
             endpoints.append(Endpoint("gateway", mode, "127.0.0.1", gateway.port, CLIENT_USER, RESOURCE,
@@ -900,7 +929,8 @@ def main(argv: list[str] | None = None) -> int:
             # Same audit mode as the headline allow-all gateway, so the ratio isolates the policy.
             gateway = GatewayProcess(headline.mode, workdir / f"gateway-{headline.mode}-policy", free_port(),
                                      free_port(), name=f"{headline.mode}+policy",
-                                     policy_text=args.policy.read_text(), groups=args.policy_groups)
+                                     policy_text=args.policy.read_text(), groups=args.policy_groups,
+                                     workers=args.workers)
             gateways.append(gateway)
             gateway.start(pg)
             measured.append(Endpoint("policy", headline.mode, "127.0.0.1", gateway.port, CLIENT_USER, RESOURCE,
@@ -964,7 +994,7 @@ def main(argv: list[str] | None = None) -> int:
                              "policy": str(args.policy) if args.policy_compare else None,
                              "policy_groups": args.policy_groups if args.policy_compare else None,
                              "masking": args.masking, "masking_rows": args.masking_rows,
-                             "masking_repeat": args.masking_repeat},
+                             "masking_repeat": args.masking_repeat, "workers": args.workers},
                 "targets": {"ratio": TARGET_RATIO, "kib_per_idle_session": TARGET_KIB_PER_SESSION,
                             "policy_ratio_min": TARGET_POLICY_RATIO, "masking_ratio_max": TARGET_MASKING_RATIO,
                             "recording_cost_max": TARGET_RECORDING_COST},
