@@ -29,12 +29,16 @@ def _serve(args: argparse.Namespace) -> int:
         if control.dev_ca_file is not None:
             print(f"wardgate: dev TLS CA {control.dev_ca_file}", flush=True)
 
-    if args.worker_slot is not None:  # started by a supervisor (wardgate.supervisor), not by hand
-        from wardgate.server import WorkerRole, run_gateway
+    from wardgate.server import StartError, WorkerRole, run_gateway
 
+    if args.worker_slot is not None:  # started by a supervisor (wardgate.supervisor), not by hand
         role = WorkerRole(args.worker_slot, args.worker_channel, parse_address(args.worker_control),
                           Path(args.worker_run_dir))
-        uvloop.run(run_gateway(config, config_dir, worker=role))
+        try:
+            uvloop.run(run_gateway(config, config_dir, worker=role))
+        except StartError as exc:
+            print(f"wardgate: worker {role.slot} cannot start: {exc}", file=sys.stderr)
+            return 1
         return 0
     workers = config.worker_count()
     if workers > 1:
@@ -46,12 +50,15 @@ def _serve(args: argparse.Namespace) -> int:
 
         try:
             uvloop.run(run_supervisor(config, Path(args.config), workers, on_started=supervised))
-        except WorkerStartError as exc:
-            raise SystemExit(f"wardgate: {exc}")
+        except (WorkerStartError, StartError) as exc:
+            print(f"wardgate: cannot start: {exc}", file=sys.stderr)
+            return 1
         return 0
-    from wardgate.server import run_gateway
-
-    uvloop.run(run_gateway(config, config_dir, on_started=started))
+    try:
+        uvloop.run(run_gateway(config, config_dir, on_started=started))
+    except StartError as exc:
+        print(f"wardgate: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -101,6 +101,7 @@ class Gateway:
         self.stop_requested = asyncio.Event()
         self._channel: socket.socket | None = None
         self._cancels: CancelRegistry | None = None
+        self._stopped = False
         self.gateway_id = uuid.uuid4().hex[:12]
         self.metrics = GatewayMetrics()
         self.dev_issuer: DevIssuer | None = None
@@ -459,6 +460,9 @@ class Gateway:
                 self.core.refusing = error
 
     async def stop(self) -> None:
+        if self._stopped:  # after a failed start, and again by whoever started it
+            return
+        self._stopped = True
         self._ready = False
         if self._channel is not None:
             try:
@@ -491,6 +495,26 @@ class Gateway:
                           "start", report.error, len(report.pending))
 
 
+class StartError(Exception):
+    """The gateway could not start; the message says why (the traceback is logged at DEBUG)."""
+
+
+async def start_or_explain(gateway) -> None:
+    """``gateway.start()``; a failure (address in use, unwritable directory, unreachable key…) becomes
+    a :class:`StartError` naming it, after what was started is stopped."""
+    try:
+        await gateway.start()
+    except (PolicyError, StartError):
+        raise
+    except Exception as exc:
+        log.debug("start failed", exc_info=True)
+        try:
+            await gateway.stop()
+        except Exception:
+            log.debug("stopping after a failed start failed too", exc_info=True)
+        raise StartError(str(exc) or type(exc).__name__) from exc
+
+
 async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=None,
                       worker: WorkerRole | None = None) -> None:
     gateway = Gateway(config, config_dir=config_dir, worker=worker)
@@ -506,7 +530,7 @@ async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=Non
     if config.policy is not None:
         # Before start: a SIGHUP while starting (a supervisor passing one on) must not kill the process.
         loop.add_signal_handler(signal.SIGHUP, lambda: gateway.core is not None and gateway.reload_policy())
-    await gateway.start()
+    await start_or_explain(gateway)
     if on_started is not None:
         on_started(gateway)
     try:

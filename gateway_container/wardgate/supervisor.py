@@ -38,7 +38,7 @@ from pathlib import Path
 
 from wardgate.config import GatewayConfig, parse_address
 from wardgate.metrics import merge_expositions
-from wardgate.server import Gateway, worker_socket_path
+from wardgate.server import Gateway, start_or_explain, worker_socket_path
 
 log = logging.getLogger("wardgate.supervisor")
 
@@ -81,10 +81,11 @@ class Supervisor:
     async def start(self) -> None:
         # Private (0700) and short: Unix socket paths are limited to 107 bytes.
         self.run_dir = Path(tempfile.mkdtemp(prefix="wardgate-"))
-        await self.control.start()  # keys, dev certificate, dev issuer: made once, before the workers
-        for index, listener in enumerate(self.config.listeners):
-            self._listen(index, *parse_address(listener.address))
         try:
+            # Keys, dev certificate, dev issuer: made once, here, before the workers start.
+            await start_or_explain(self.control)
+            for index, listener in enumerate(self.config.listeners):
+                self._listen(index, *parse_address(listener.address))
             await asyncio.gather(*(self._spawn(worker) for worker in self.workers))
         except BaseException:
             await self.stop()

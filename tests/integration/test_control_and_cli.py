@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -337,3 +338,15 @@ def test_serve_token_psql_and_sigterm(postgres, workdir: Path) -> None:
     ended = {e["session"]: e for e in events if e["type"] == "session.ended"}
     assert set(ended) == set(sessions), f"every session must have a session.ended event: {types}"
     assert ended[authenticated["session"]]["commands"] >= 1
+
+
+def test_serve_on_an_address_in_use_says_so_without_a_traceback(postgres, workdir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = base_config(postgres, listeners=[{"protocol": "postgres", "address": f"127.0.0.1:{port}"}],
+                             control={"address": f"127.0.0.1:{free_port()}"})
+        result = run_cli("serve", "--config", str(write_config(workdir, config)),
+                         env={"WARDGATE_CLI_TEST_PASSWORD": postgres.service_password})
+    assert_clean_failure(result, "cannot start", f"{port}", "address already in use", code=1)

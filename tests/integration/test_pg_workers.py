@@ -340,6 +340,8 @@ def test_a_worker_that_cannot_start_stops_the_gateway_with_its_error(postgres) -
     assert code != 0
     assert re.search(r"worker \d exited with code \d+ while starting", gateway.output), gateway.output
     assert "/proc/wardgate-no-key-here" in gateway.output, gateway.output
+    assert re.search(r"wardgate: worker \d cannot start: .*/proc/wardgate-no-key-here", gateway.output), gateway.output
+    assert "Traceback" not in gateway.output, gateway.output
     wait_for(lambda: not any(alive(pid) for pid in gateway.worker_pids().values()), "the workers to stop",
              timeout=30)
     shutil.rmtree(directory, ignore_errors=True)
