@@ -6,7 +6,7 @@ in a worker is released by an approval given at the supervisor's control port; a
 SIGKILL is started again, its open session's end is recorded and its segment sealed, while the
 other worker's sessions go on; SIGTERM stops everything cleanly and ``wardgate audit verify`` accepts
 the trail; the workers do not outlive a killed supervisor; a worker that cannot start stops
-``wardgate serve`` with its error.
+``wardgate serve`` with its error; SIGHUP to the supervisor reloads the policy in every worker.
 """
 
 from __future__ import annotations
@@ -345,3 +345,35 @@ def test_a_worker_that_cannot_start_stops_the_gateway_with_its_error(postgres) -
     wait_for(lambda: not any(alive(pid) for pid in gateway.worker_pids().values()), "the workers to stop",
              timeout=30)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_sighup_to_the_supervisor_reloads_the_policy_in_every_worker(supervised) -> None:
+    policy = Path(tempfile.mkdtemp(prefix="wardgate-workers-policy-")) / "policy.yaml"
+    bundle = yaml.safe_load(BUNDLE.read_text())
+    policy.write_text(yaml.safe_dump(bundle, sort_keys=False))
+    gateway = supervised(policy={"file": str(policy), "watch": False})
+    token = gateway.token("dana", "dba")
+    sessions = [psycopg.connect(gateway.dsn(token), autocommit=True) for _ in range(2)]  # one per worker
+    try:
+        for conn in sessions:
+            assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+        bundle["rules"].insert(0, {"name": "no-reads-today", "effect": "deny", "roles": ["dba"],
+                                   "when": {"classes": ["read"]}, "message": "reads are paused"})
+        policy.write_text(yaml.safe_dump(bundle, sort_keys=False))
+        gateway.process.send_signal(signal.SIGHUP)
+
+        def refused_everywhere() -> bool:
+            for conn in sessions:
+                try:
+                    conn.execute("SELECT 41 + 1")
+                    return False
+                except errors.InsufficientPrivilege as exc:
+                    assert "reads are paused" in str(exc)
+            return True
+
+        wait_for(refused_everywhere, "the new policy in both workers", timeout=20)
+    finally:
+        for conn in sessions:
+            conn.close()
+    assert gateway.process.poll() is None and "Traceback" not in gateway.output, gateway.output
+    shutil.rmtree(policy.parent, ignore_errors=True)
