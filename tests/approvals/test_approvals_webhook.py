@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 import pytest
 
 from approvals_helpers import ALICE, BOB, CAROL, DAVE, hold, principal_of
+from wardgate_testkit import start_receiver
 from wardgate.approvals.links import LinkSigner
 from wardgate.approvals.notify import sign_body
 from wardgate.approvals.webhook import ApprovalWebhook, WebhookRequest
@@ -32,9 +33,12 @@ def hook(service, clock, verifier, dev_issuer) -> ApprovalWebhook:
                            grant_approvers={"admin": (["dba"], 1)}, link_base_url="https://gw.example.test")
 
 
-def slack_request(request_id: str, user: str, verdict: str, timestamp: float, *, secret: bytes = SLACK_SECRET):
+def slack_request(request_id: str, user: str, verdict: str, timestamp: float, *, secret: bytes = SLACK_SECRET,
+                  response_url: str | None = None):
     payload = {"type": "block_actions", "user": {"id": user, "username": user.lower()},
                "actions": [{"action_id": f"wardgate_{verdict}", "value": f"{verdict}:{request_id}"}]}
+    if response_url is not None:
+        payload["response_url"] = response_url
     body = urlencode({"payload": json.dumps(payload)}).encode()
     ts = str(int(timestamp))
     signature = "v0=" + hmac.new(secret, f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
@@ -95,6 +99,71 @@ def test_slack_non_approver_is_refused(hook, service, clock):
     request = hold(service)
     refused = hook.handle(slack_request(request.id, "UDAVE", "approve", clock()))
     assert refused.status == 403 and "must hold one of dba" in refused.json()["error"]
+
+
+@pytest.fixture
+def slack_hooks():
+    """A loopback stand-in for Slack's response_url endpoint, and a webhook allowed to answer there."""
+    with start_receiver() as receiver:
+        yield receiver
+
+
+def slack_hook(service, clock, receiver) -> ApprovalWebhook:
+    return ApprovalWebhook(service, verifier=None, slack_signing_secret=SLACK_SECRET, hmac_secret=None,
+                           link_key=None, identities={"slack:UBOB": BOB, "slack:UALICE": ALICE, "slack:UCAROL": CAROL},
+                           clock=clock, slack_response_urls=(receiver.url.rsplit("/", 1)[0] + "/",))
+
+
+def test_slack_decision_replaces_the_request_message_at_its_response_url(service, clock, slack_hooks):
+    hook = slack_hook(service, clock, slack_hooks)
+    request = hold(service)
+    response = hook.handle(slack_request(request.id, "UBOB", "approve", clock(), response_url=slack_hooks.url))
+    assert response.status == 200
+    [answer] = slack_hooks.received
+    message = answer.json()
+    assert answer.headers["Content-Type"] == "application/json"
+    assert message["replace_original"] is True and "actions" not in json.dumps(message["blocks"])
+    assert f"request {request.id} approved by bob" in message["text"] and ":white_check_mark:" in message["text"]
+
+
+def test_slack_refusal_is_told_to_the_clicker_only(service, clock, slack_hooks):
+    hook = slack_hook(service, clock, slack_hooks)
+    request = hold(service, approvers=("developers",))
+    refused = hook.handle(slack_request(request.id, "UALICE", "approve", clock(), response_url=slack_hooks.url))
+    assert refused.status == 403
+    unmapped = hook.handle(slack_request(request.id, "UEVE", "approve", clock(), response_url=slack_hooks.url))
+    assert unmapped.status == 403
+    first, second = (r.json() for r in slack_hooks.received)
+    assert first["response_type"] == "ephemeral" and first["replace_original"] is False
+    assert "self-approval is not allowed (AC-5)" in first["text"]
+    assert second["response_type"] == "ephemeral" and "slack:UEVE is not mapped" in second["text"]
+    assert service.outcome(request.id) is None
+
+
+def test_slack_quorum_vote_keeps_the_buttons_for_the_other_approvers(service, clock, slack_hooks):
+    hook = slack_hook(service, clock, slack_hooks)
+    request = hold(service, quorum=2)
+    assert hook.handle(slack_request(request.id, "UBOB", "approve", clock(), response_url=slack_hooks.url)).status == 200
+    [vote] = slack_hooks.received
+    assert vote.json()["replace_original"] is False and vote.json()["response_type"] == "ephemeral"
+    assert "waiting for more approvers" in vote.json()["text"]
+
+
+def test_slack_response_url_elsewhere_than_slack_is_never_posted_to(service, clock, slack_hooks):
+    hook = ApprovalWebhook(service, verifier=None, slack_signing_secret=SLACK_SECRET, hmac_secret=None,
+                           link_key=None, identities={"slack:UBOB": BOB}, clock=clock)  # default: Slack's hooks only
+    request = hold(service)
+    response = hook.handle(slack_request(request.id, "UBOB", "approve", clock(), response_url=slack_hooks.url))
+    assert response.status == 200 and service.outcome(request.id).approved
+    assert slack_hooks.received == []
+
+
+def test_slack_response_url_unreachable_does_not_undo_the_decision(service, clock, slack_hooks):
+    hook = slack_hook(service, clock, slack_hooks)
+    request = hold(service)
+    slack_hooks.statuses.append(500)
+    assert hook.handle(slack_request(request.id, "UBOB", "approve", clock(), response_url=slack_hooks.url)).status == 200
+    assert service.outcome(request.id).approved and len(slack_hooks.received) == 1
 
 
 # -- generic / Teams signed JSON ------------------------------------------------------------------

@@ -233,7 +233,7 @@ def _statement_text(request: ApprovalRequest) -> str:
     return text
 
 
-def _slack_escape(text: str) -> str:
+def slack_escape(text: str) -> str:
     # Slack mrkdwn control characters; ``` would end the code block early.
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("```", "`\u200b``")
 
@@ -246,13 +246,13 @@ def slack_message(request: ApprovalRequest) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": "Approval needed" if request.kind != GRANT
                                     else "Access request"}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(summary(request))}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{name}*\n{_slack_escape(value)}"}
+        {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(summary(request))}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{name}*\n{slack_escape(value)}"}
                                        for name, value in fields]},
     ]
     if request.kind != GRANT:
         blocks.append({"type": "section", "text": {"type": "mrkdwn",
-                                                   "text": f"```{_slack_escape(_statement_text(request))}```"}})
+                                                   "text": f"```{slack_escape(_statement_text(request))}```"}})
     blocks.append({"type": "actions", "block_id": f"wardgate:{request.id}", "elements": [
         {"type": "button", "action_id": "wardgate_approve", "style": "primary", "value": f"approve:{request.id}",
          "text": {"type": "plain_text", "text": "Approve"}},

@@ -36,7 +36,7 @@ from wardgate.core.model import Principal
 from wardgate.core.ports import StoreUnavailable
 
 from wardgate.approvals.links import LINK_PATH, LinkSigner
-from wardgate.approvals.notify import sign_body, summary
+from wardgate.approvals.notify import PostFunction, post_with_urllib, sign_body, slack_escape, summary
 from wardgate.approvals.records import ApprovalRefused, ApprovalRequest, Outcome, rfc3339
 from wardgate.approvals.service import ApprovalService
 
@@ -97,6 +97,12 @@ def _refused(code: str, message: str) -> WebhookResponse:
     return _json(_STATUS.get(code, 403), {"error": message, "code": code})
 
 
+# Where a Slack interaction's answer may be posted (its response_url), and how long to wait: the click
+# is answered after the post, and Slack gives an interaction 3 seconds.
+SLACK_RESPONSE_URLS = ("https://hooks.slack.com/",)
+SLACK_RESPONSE_TIMEOUT = 2.0
+
+
 def _decision_payload(request_id: str, verdict: str, outcome: Outcome | None) -> dict[str, Any]:
     if outcome is None:
         message = f"{verdict} recorded for {request_id}; waiting for more approvers"
@@ -120,8 +126,11 @@ class ApprovalWebhook:
                  identities: Mapping[str, Principal], clock: Callable[[], float] = time.time,
                  grant_approvers: Mapping[str, tuple] | None = None,
                  grant_timeout: float = 900.0, max_grant_seconds: float = 8 * 3600.0,
-                 link_base_url: str = "") -> None:
+                 link_base_url: str = "", post: PostFunction = post_with_urllib,
+                 slack_response_urls: tuple[str, ...] = SLACK_RESPONSE_URLS) -> None:
         self.service = service
+        self._post = post
+        self.slack_response_urls = tuple(slack_response_urls)
         self.verifier = verifier
         self._slack_secret = slack_signing_secret
         self._hmac_secret = hmac_secret
@@ -229,17 +238,50 @@ class ApprovalWebhook:
             value = payload["actions"][0]["value"]
         except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError):
             raise ApprovalRefused("bad_input", "not a Slack block_actions payload with a wardgate button") from None
+        # Slack shows nothing of the answer to a button click: what the clicker and the channel see
+        # goes to the interaction's response_url.
+        response_url = payload.get("response_url") if isinstance(payload, dict) else None
         verdict, _, request_id = str(value).partition(":")
-        approver = self._identity(f"slack:{user}")
         try:
+            approver = self._identity(f"slack:{user}")
             outcome = self.service.decide(request_id, approver, verdict, via="slack")
         except ApprovalRefused as exc:
+            self._slack_respond(response_url, {"response_type": "ephemeral", "replace_original": False,
+                                               "text": f":no_entry: {exc}"})
             response = _refused(exc.code, str(exc))
             return _json(response.status, {**response.json(), "response_type": "ephemeral",
                                             "replace_original": False, "text": f":no_entry: {exc}"})
         result = _decision_payload(request_id, verdict, outcome)
-        return _json(200, {**result, "response_type": "in_channel", "replace_original": False,
-                           "text": f"{approver.subject}: {result['message']}"})
+        text = f"{approver.subject}: {result['message']}"
+        if outcome is None:  # a quorum vote: the buttons stay for the other approvers
+            self._slack_respond(response_url, {"response_type": "ephemeral", "replace_original": False,
+                                               "text": f":ballot_box_with_check: {result['message']}"})
+        else:  # decided: the request's message loses its buttons and says who decided
+            mark = ":white_check_mark:" if outcome.approved else ":no_entry_sign:"
+            self._slack_respond(response_url, {
+                "replace_original": True, "text": f"{mark} {result['message']}",
+                "blocks": [{"type": "section", "text": {"type": "mrkdwn",
+                                                        "text": slack_escape(f"{mark} {result['message']}")}}]})
+        return _json(200, {**result, "response_type": "in_channel", "replace_original": False, "text": text})
+
+    def _slack_respond(self, url: Any, message: dict[str, Any]) -> None:
+        """POST ``message`` to a Slack interaction's ``response_url``. Only to Slack's own hooks
+        (``slack_response_urls``): the URL comes in the request, and the gateway must not be made to
+        POST anywhere else. The decision is already recorded: a failure here is logged, not raised."""
+        if not isinstance(url, str) or not url:
+            return
+        if not any(url.startswith(prefix) for prefix in self.slack_response_urls):
+            log.warning("approvals webhook: Slack response_url %.80r is not under %s: not answered", url,
+                        ", ".join(self.slack_response_urls))
+            return
+        try:
+            status = self._post(url, json.dumps(message).encode(), {"Content-Type": "application/json"},
+                                SLACK_RESPONSE_TIMEOUT)
+        except OSError as exc:
+            log.warning("approvals webhook: cannot answer at Slack's response_url: %s", exc)
+            return
+        if not 200 <= status < 300:
+            log.warning("approvals webhook: Slack's response_url answered %d", status)
 
     def _signed_json(self, request: WebhookRequest, channel: str) -> WebhookResponse:
         self._check_signature(self._hmac_secret, channel.capitalize(), request.header("X-Wardgate-Timestamp"),
