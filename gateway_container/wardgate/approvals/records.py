@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -94,6 +95,21 @@ def principal_key(principal: Principal) -> str:
 
 def link_key(nonce: str) -> str:
     return f"link/{check_id(nonce)}"
+
+
+# A request waits at most MAX_APPROVAL_TIMEOUT for a decision. That bounds where pending requests are
+# found: the ``open/<day of the deadline>/`` index holds each request under the UTC day its deadline
+# falls on, so the pending ones are in the buckets of today and the next day or two, whatever the
+# store's history.
+MAX_APPROVAL_TIMEOUT = _approval.MAX_APPROVAL_TIMEOUT
+
+
+def open_index_key(deadline: float, request_id: str) -> str:
+    return f"open/{open_index_day(deadline)}/{check_id(request_id)}"
+
+
+def open_index_day(instant_: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(instant_))
 
 
 def grant_index_key(requester_key: str, request_id: str) -> str:

@@ -19,9 +19,9 @@ from wardgate.core.model import Principal
 from wardgate.core.ports import DecisionStore, MessageQueue, StoreUnavailable
 
 from wardgate.approvals.records import (
-    CHANNELS, GRANT, OUTCOMES, REQUEST_CONTROLS, SCOPES, STATEMENT, VERDICTS, ApprovalRefused, ApprovalRequest,
-    Outcome, Vote, approval_prefix, check_id, describe, grant_index_key, instant, new_request_id, outcome_key,
-    principal_key, request_key, rfc3339, vote_key,
+    CHANNELS, GRANT, MAX_APPROVAL_TIMEOUT, OUTCOMES, REQUEST_CONTROLS, SCOPES, STATEMENT, VERDICTS, ApprovalRefused,
+    ApprovalRequest, Outcome, Vote, approval_prefix, check_id, describe, grant_index_key, instant, new_request_id,
+    open_index_day, open_index_key, outcome_key, principal_key, request_key, rfc3339, vote_key,
 )
 
 log = logging.getLogger(__name__)
@@ -107,16 +107,22 @@ class ApprovalService:
             raise ValueError("an approval request needs a list of approver roles or groups")
         if quorum < 1:
             raise ValueError(f"quorum must be at least 1, not {quorum}")
-        if not (timeout_seconds > 0):
-            raise ValueError(f"approval timeout must be positive, not {timeout_seconds!r}")
+        if not (0 < timeout_seconds <= MAX_APPROVAL_TIMEOUT):
+            raise ValueError(f"approval timeout must be positive and at most {MAX_APPROVAL_TIMEOUT / 3600:g}h, "
+                             f"not {timeout_seconds!r}s")
         now = instant(self._clock())
         return ApprovalRequest(id=new_request_id(), requester=requester.audit_view(), approvers=tuple(approvers),
                                quorum=int(quorum), created=now, deadline=instant(now + timeout_seconds), **fields)
 
     def _store(self, request: ApprovalRequest) -> None:
-        if not self.store.create(request_key(request.id), request.to_record()):
+        record = request.to_record()
+        if not self.store.create(request_key(request.id), record):
             # 80 random bits collide only if something is badly wrong; never reuse someone's request.
             raise StoreUnavailable(f"decision store {self.store.url}: request id {request.id} already exists")
+        # Then where pending() finds it (a copy: no read per request there). Should this fail, the
+        # caller refuses the statement: the request stays unlisted and expires.
+        if not self.store.create(open_index_key(request.deadline, request.id), record):
+            raise StoreUnavailable(f"decision store {self.store.url}: request id {request.id} already indexed")
 
     def _announce(self, request: ApprovalRequest) -> bool:
         if self.queue is None:
@@ -235,10 +241,14 @@ class ApprovalService:
 
     def requests(self, state: str = "pending",
                  now: float | None = None) -> list[tuple[ApprovalRequest, Outcome | None]]:
-        """Requests with their outcomes: ``pending`` (undecided, before the deadline), ``decided`` or ``all``."""
+        """Requests with their outcomes: ``pending`` (undecided, before the deadline), ``decided`` or
+        ``all``. Pending ones come from the deadline index (a few buckets, whatever the history);
+        ``decided`` and ``all`` read every request ever made."""
         if state not in ("pending", "decided", "all"):
             raise ValueError(f"state must be pending, decided or all, not {state!r}")
         now = self._clock() if now is None else now
+        if state == "pending":
+            return [(request, None) for request in self.pending(now)]
         requests: dict[str, ApprovalRequest] = {}
         outcomes: dict[str, Outcome] = {}
         for key, record in self.store.list("approval/"):
@@ -255,7 +265,20 @@ class ApprovalService:
         return out
 
     def pending(self, now: float | None = None) -> list[ApprovalRequest]:
-        return [request for request, _ in self.requests("pending", now)]
+        """Undecided requests before their deadline, oldest first: the ``open/`` buckets of the days a
+        pending request's deadline can fall on (now up to the longest timeout, plus an hour for the
+        clocks of other writers), then one outcome read per request found there. Requests stored by a
+        gateway older than this index are not listed; they expire within their timeout."""
+        now = self._clock() if now is None else now
+        days = dict.fromkeys(open_index_day(now + offset)
+                             for offset in range(0, int(MAX_APPROVAL_TIMEOUT + 3600) + 1, 3600))
+        found = []
+        for day in days:
+            for _key, record in self.store.list(f"open/{day}/"):
+                request = ApprovalRequest.from_record(record)
+                if now < request.deadline and self.outcome(request.id) is None:
+                    found.append(request)
+        return sorted(found, key=lambda r: (r.created, r.id))
 
     def may_see(self, principal: Principal, request: ApprovalRequest) -> bool:
         """Requesters see their own requests; approvers see the ones they could decide (AC-6)."""

@@ -26,6 +26,10 @@ from wardgate.core.model import Principal
 APPROVAL_CONTROLS = ("AC-3", "AC-5", "AC-6")
 DECISION_CONTROLS = ("AC-5", "AU-10")
 
+# The longest a held command (or an access request) waits for a decision: a held statement keeps its
+# client connection open meanwhile. It also bounds where the approval service finds pending requests.
+MAX_APPROVAL_TIMEOUT = 24 * 3600.0
+
 # How often a held command looks for its outcome. The store is local (SQLite) or a cloud table read
 # with a single get; 100 ms keeps the approval-to-result time well under the 500 ms target.
 POLL_SECONDS = 0.1

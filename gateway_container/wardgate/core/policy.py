@@ -30,6 +30,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSch
                       model_validator)
 
 from wardgate.config import Duration, validate_yaml
+from wardgate.core.approval import MAX_APPROVAL_TIMEOUT
 from wardgate.core.model import Approval, Command, Decision, Principal, Verdict
 from wardgate.core.sqlclass import Classification
 
@@ -155,12 +156,16 @@ class ApprovalSpec(_Strict):
     scope: Literal["statement", "session", "duration"] = "statement"
     duration: Duration | None = None
     quorum: int = Field(1, ge=1)
+    # How long a held statement waits for a decision (at most core.approval.MAX_APPROVAL_TIMEOUT).
     timeout: Duration = 900.0
 
     @model_validator(mode="after")
     def _duration(self) -> "ApprovalSpec":
         if self.scope == "duration" and not self.duration:
             raise ValueError("approval.scope 'duration' needs approval.duration (e.g. 30m)")
+        if not 0 < self.timeout <= MAX_APPROVAL_TIMEOUT:
+            raise ValueError(f"approval.timeout must be more than 0 and at most {MAX_APPROVAL_TIMEOUT / 3600:g}h, "
+                             f"not {self.timeout:g}s")
         return self
 
 
