@@ -245,3 +245,16 @@ def test_the_gateway_runs_one_worker_process_per_vcpu_of_its_container(cpu, work
                            decision_store="sqlite:///d", approvals_public_url="https://x", masking_key="env://MASK",
                            resource_passwords={"orders": "env://A"}, tls_cert_file="/c.pem", tls_key_file="/k.pem")
     assert GatewayConfig.model_validate(gateway_config_document(config, wiring)).worker_count() == workers
+
+
+def test_deployed_gateways_seal_their_audit_segments_every_minute():
+    """The replica's disk goes with the replica: what is not sealed (and shipped) is at most a minute."""
+    from infra.common.gateway_config import GatewayWiring, gateway_config_document
+    from wardgate.config import GatewayConfig
+
+    config = parse_stack_config(_dev_values(), "Pulumi.test.yaml")
+    wiring = GatewayWiring(audit_archive="file:///a", signer="file:///k.pem", approvals_queue="memory://q",
+                           decision_store="sqlite:///d", approvals_public_url="https://x", masking_key="env://MASK",
+                           resource_passwords={"orders": "env://A"}, tls_cert_file="/c.pem", tls_key_file="/k.pem")
+    audit = GatewayConfig.model_validate(gateway_config_document(config, wiring)).audit
+    assert audit.archive == "file:///a" and audit.seal_interval <= 60
