@@ -30,7 +30,8 @@ from wardgate.core.policy import AllowAll, PolicyError, load_policy
 from wardgate.core.session import DecisionCore
 from wardgate.metrics import GatewayMetrics
 from wardgate.protocols.postgres.backend import BackendTarget
-from wardgate.protocols.postgres.engine import CancelRegistry, PgResource, PostgresFrontend, adopt_connection, serve_postgres
+from wardgate.protocols.postgres.engine import (CancelRegistry, PgResource, PostgresFrontend, adopt_connection,
+                                                serve_postgres)
 from wardgate.tlsdev import ensure_dev_certificate, server_ssl_context
 
 log = logging.getLogger("wardgate")
@@ -214,8 +215,11 @@ class Gateway:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_policy())
         resources = {name: self._pg_resource(name, r) for name, r in config.resources.items()
                      if r.protocol == "postgres"}
-        cancels = self._cancels = CancelRegistry(self.worker.slot, self._cancel_in_worker) if self.worker else \
-            CancelRegistry()
+        if self.worker is not None:  # keys carry the slot; other workers' keys are passed to them
+            cancels = CancelRegistry(self.worker.slot, self._cancel_in_worker)
+        else:
+            cancels = CancelRegistry()
+        self._cancels = cancels
         masking_key = self._secret(config.masking_key, "masking.key")
         for listener in config.listeners:
             if listener.tls is not None:
