@@ -489,6 +489,14 @@ class Gateway:
         await asyncio.sleep(0)  # let connection_lost callbacks record session ends
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.worker is not None:
+            # The supervisor removes its directory when it stops; one that was killed cannot, and the
+            # last worker out does.
+            self.worker.socket_path(self.worker.slot).unlink(missing_ok=True)
+            try:
+                self.worker.run_dir.rmdir()
+            except OSError:
+                pass  # other workers' sockets are still there, or the supervisor removed it
         if self.recorder is not None:
             self.recorder.close()
         if self.archive is not None:

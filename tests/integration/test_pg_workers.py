@@ -320,9 +320,14 @@ def test_a_killed_worker_is_started_again_and_its_open_session_is_ended_in_the_t
 def test_workers_stop_when_the_supervisor_is_killed(supervised) -> None:
     gateway = supervised()
     pids = gateway.worker_pids()
+    # The supervisor's private directory of internal sockets, as it told its workers.
+    arguments = Path(f"/proc/{pids[1]}/cmdline").read_text().split("\0")
+    run_dir = Path(arguments[arguments.index("--worker-run-dir") + 1])
+    assert run_dir.is_dir()
     gateway.process.kill()
     gateway.process.wait(10)
     wait_for(lambda: not any(alive(pid) for pid in pids.values()), "the workers to stop", timeout=30)
+    assert not run_dir.exists()  # a killed supervisor cannot remove it: the last worker out does
 
 
 def test_a_worker_that_cannot_start_stops_the_gateway_with_its_error(postgres) -> None:
