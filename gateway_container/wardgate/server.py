@@ -282,6 +282,8 @@ class Gateway:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         path = self.worker.socket_path(self.worker.slot)
+        # Again if every worker stopped (the last one out removes it) and the supervisor restarts them.
+        self.worker.run_dir.mkdir(mode=0o700, exist_ok=True)
         path.unlink(missing_ok=True)  # a previous worker in this slot died
         await web.UnixSite(self._runner, str(path)).start()
 
