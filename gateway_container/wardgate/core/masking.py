@@ -507,7 +507,7 @@ _PHONE_SEPARATORS = re.compile(r"[ .()\-/]+")
 def _validate_phone(text: str, m: re.Match[str]) -> Span:
     start, end = m.start() + 1, m.end()
     raw = text[start:end]
-    digits = sum(c.isdigit() for c in raw)
+    digits = sum(map(str.isdigit, raw))  # map: half the cost of a generator, on every phone candidate
     first = raw[0]
     if first == "+":
         if not 8 <= digits <= 15 or raw.count("(") != raw.count(")"):
