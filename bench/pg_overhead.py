@@ -419,12 +419,14 @@ _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re
 
 
 def run_pgbench(pgbench: Path, endpoint: Endpoint, protocol: str, seconds: int, clients: int, jobs: int,
-                round_number: int = 0) -> Run:
+                round_number: int = 0, script: Path | None = None) -> Run:
+    """One pgbench run: select-only (``-S``), or the transaction in ``script`` (``-f``)."""
     run = Run(endpoint.path, endpoint.mode, protocol, round_number)
     pid = endpoint.pid
     cpu_before = process_cpu_seconds(pid) if pid else 0.0
+    workload = ["-S"] if script is None else ["-f", str(script)]
     proc = subprocess.run(
-        [str(pgbench), "-n", "-S", "-M", protocol, "-c", str(clients), "-j", str(jobs), "-T", str(seconds),
+        [str(pgbench), "-n", *workload, "-M", protocol, "-c", str(clients), "-j", str(jobs), "-T", str(seconds),
          "-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user, endpoint.dbname],
         env=endpoint.env(), capture_output=True, text=True, timeout=seconds + 120,
     )

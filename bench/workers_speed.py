@@ -18,21 +18,17 @@ Usage: ``python bench/workers_speed.py [--rounds 5] [--seconds 10] [--workers 2]
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from pg_overhead import (CLIENT_USER, DEFAULT_POLICY, POLICY_GROUPS, RESOURCE, Endpoint, GatewayProcess,
-                         process_cpu_seconds, start_postgres)
+                         run_pgbench, start_postgres)
 from wardgate.devtools.pgserver import free_port
 
 ROWS = 10_000
 READ_SCRIPT = "\\set a random(1, {last})\nSELECT id, email, note FROM people WHERE id BETWEEN :a AND :a + 19;\n"
-_TPS = re.compile(r"^tps = ([\d.]+)", re.M)
-_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
 def machine_idle() -> tuple[int, int]:
@@ -43,20 +39,13 @@ def machine_idle() -> tuple[int, int]:
 
 def run(pgbench: Path, endpoint: Endpoint, script: Path | None, seconds: int) -> tuple[float, float | None, float]:
     """(TPS, gateway CPU µs per transaction or None for direct, idle share) of one pgbench run."""
-    workload = ["-S"] if script is None else ["-f", str(script)]
-    cpu_before = process_cpu_seconds(endpoint.pid) if endpoint.pid else 0.0
     idle_before = machine_idle()
-    proc = subprocess.run([str(pgbench), "-n", *workload, "-M", "simple", "-c", "8", "-j", "1", "-T", str(seconds),
-                           "-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user, endpoint.dbname],
-                          env=endpoint.env(), capture_output=True, text=True, timeout=seconds + 120)
+    result = run_pgbench(pgbench, endpoint, "simple", seconds, 8, 1, script=script)
     idle_after = machine_idle()
-    cpu_after = process_cpu_seconds(endpoint.pid) if endpoint.pid else 0.0
-    tps, processed = _TPS.search(proc.stdout), _PROCESSED.search(proc.stdout)
-    if proc.returncode != 0 or not (tps and processed):
-        raise RuntimeError(f"pgbench through {endpoint.path} failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
-    cpu = (cpu_after - cpu_before) / int(processed.group(1)) * 1e6 if endpoint.pid else None
+    if result.tps is None:
+        raise RuntimeError(f"pgbench through {endpoint.path} failed: {result.error}")
     idle = (idle_after[0] - idle_before[0]) / max(1, idle_after[1] - idle_before[1])
-    return float(tps.group(1)), cpu, idle
+    return result.tps, result.gateway_cpu_us_per_txn, idle
 
 
 def measure(title: str, pgbench: Path, endpoints: dict[str, Endpoint], script: Path | None, args) -> None:

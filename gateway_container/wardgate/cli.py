@@ -31,35 +31,28 @@ def _serve(args: argparse.Namespace) -> int:
 
     from wardgate.server import StartError, WorkerRole, run_gateway
 
+    def run(main, who: str = "") -> int:
+        try:
+            uvloop.run(main)
+        except StartError as exc:  # the supervisor's WorkerStartError too
+            print(f"wardgate: {who}cannot start: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
     if args.worker_slot is not None:  # started by a supervisor (wardgate.supervisor), not by hand
         role = WorkerRole(args.worker_slot, args.worker_channel, parse_address(args.worker_control),
                           Path(args.worker_run_dir))
-        try:
-            uvloop.run(run_gateway(config, config_dir, worker=role))
-        except StartError as exc:
-            print(f"wardgate: worker {role.slot} cannot start: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return run(run_gateway(config, config_dir, worker=role), f"worker {role.slot} ")
     workers = config.worker_count()
     if workers > 1:
-        from wardgate.supervisor import WorkerStartError, run_supervisor
+        from wardgate.supervisor import run_supervisor
 
         def supervised(supervisor) -> None:
             started(supervisor)
             print(f"wardgate: {workers} workers serving", flush=True)
 
-        try:
-            uvloop.run(run_supervisor(config, Path(args.config), workers, on_started=supervised))
-        except (WorkerStartError, StartError) as exc:
-            print(f"wardgate: cannot start: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    try:
-        uvloop.run(run_gateway(config, config_dir, on_started=started))
-    except StartError as exc:
-        print(f"wardgate: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return run(run_supervisor(config, Path(args.config), workers, on_started=supervised))
+    return run(run_gateway(config, config_dir, on_started=started))
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -86,6 +86,15 @@ def worker_socket_path(run_dir: Path, slot: int) -> Path:
     return run_dir / f"w{slot}.sock"
 
 
+def close_watched(sock: socket.socket) -> None:
+    """Stop the event loop watching ``sock`` for reading (if it does), then close it."""
+    try:
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+    except (ValueError, OSError):  # already closed
+        pass
+    sock.close()
+
+
 class Gateway:
     """One gateway process. Alone (the default) it does everything. Supervised, it is either the
     supervisor's ``control_only`` part (control port, dev issuer, approvals webhook and notifier, no
@@ -471,11 +480,7 @@ class Gateway:
         self._stopped = True
         self._ready = False
         if self._channel is not None:
-            try:
-                asyncio.get_running_loop().remove_reader(self._channel.fileno())
-            except (ValueError, OSError):
-                pass
-            self._channel.close()
+            close_watched(self._channel)
         if self._watcher is not None:
             self._watcher.cancel()
         if self._sealer_task is not None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from wardgate.config import GatewayConfig, parse_address
 from wardgate.metrics import merge_expositions
-from wardgate.server import Gateway, start_or_explain, worker_socket_path
+from wardgate.server import Gateway, StartError, close_watched, start_or_explain, worker_socket_path
 
 log = logging.getLogger("wardgate.supervisor")
 
@@ -48,8 +48,8 @@ RESTART_DELAY_MAX = 30.0  # backoff between restarts of a worker that keeps dyin
 SCRAPE_TIMEOUT = 5.0
 
 
-class WorkerStartError(RuntimeError):
-    pass
+class WorkerStartError(StartError):
+    """A worker did not start; its own error is in the log above."""
 
 
 @dataclass
@@ -200,11 +200,7 @@ class Supervisor:
     def _close_channel(self, worker: WorkerProcess) -> None:
         worker.ready = False
         if worker.channel is not None:
-            try:
-                asyncio.get_running_loop().remove_reader(worker.channel.fileno())
-            except (ValueError, OSError):
-                pass
-            worker.channel.close()
+            close_watched(worker.channel)
             worker.channel = None
 
     async def _monitor(self, worker: WorkerProcess) -> None:

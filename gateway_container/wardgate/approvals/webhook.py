@@ -246,11 +246,10 @@ class ApprovalWebhook:
             approver = self._identity(f"slack:{user}")
             outcome = self.service.decide(request_id, approver, verdict, via="slack")
         except ApprovalRefused as exc:
-            self._slack_respond(response_url, {"response_type": "ephemeral", "replace_original": False,
-                                               "text": f":no_entry: {exc}"})
+            told = {"response_type": "ephemeral", "replace_original": False, "text": f":no_entry: {exc}"}
+            self._slack_respond(response_url, told)
             response = _refused(exc.code, str(exc))
-            return _json(response.status, {**response.json(), "response_type": "ephemeral",
-                                            "replace_original": False, "text": f":no_entry: {exc}"})
+            return _json(response.status, {**response.json(), **told})
         result = _decision_payload(request_id, verdict, outcome)
         text = f"{approver.subject}: {result['message']}"
         if outcome is None:  # a quorum vote: the buttons stay for the other approvers
