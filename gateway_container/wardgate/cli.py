@@ -270,6 +270,44 @@ def _evidence_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _approvals_reindex(args: argparse.Namespace) -> int:
+    """``wardgate approvals reindex``: give requests stored before the pending index their ``open/``
+    copy (see ApprovalService.reindex)."""
+    from urllib.parse import unquote
+
+    from wardgate import adapters
+    from wardgate.approvals.cli import CliError
+    from wardgate.approvals.service import ApprovalService
+    from wardgate.core.files import file_url_path
+    from wardgate.core.ports import StoreUnavailable
+    from wardgate.server import local_url
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+    if not config.approvals.enabled:
+        raise CliError(f"{args.config}: approvals.enabled is false: this gateway keeps no approval requests", 2)
+    url = local_url(config.approvals.store, config.state_dir)
+    if url.startswith("sqlite://"):
+        # Opening a SQLite store creates it: a wrong --config would "index" a new, empty one.
+        path = Path(unquote(file_url_path(url))).expanduser()
+        if not path.is_file():
+            raise CliError(f"decision store {url}: no such file ({args.config} names it as approvals.store "
+                           f"in state_dir {config.state_dir}): is this the gateway's configuration?", 2)
+    try:
+        try:
+            store = adapters.open_decision_store(url)
+        except ValueError as exc:  # an unknown scheme, a missing cloud SDK (adapters.AdapterError), a bad URL
+            raise CliError(f"{args.config}: approvals.store: {exc}", 2) from None
+        count = ApprovalService(store, None, roles_of=lambda _principal: ()).reindex()
+    except StoreUnavailable as exc:
+        raise CliError(f"cannot reach the decision store: {exc} (nothing is lost: run reindex again once "
+                       "it is reachable)", 2) from None
+    print(f"indexed {count} pending approval request(s) that had no open/ copy in {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgate", description="Layer 7 access gateway for AI agents and CI")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -362,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     from wardgate import localcloudtool
     from wardgate.approvals import cli as approvals_cli
 
-    approvals_cli.add_parser(commands)
+    approvals_cli.add_parser(commands, reindex=_approvals_reindex)
     localcloudtool.add_parser(commands)
     return parser
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from wardgate.approvals.records import command_hash
+from wardgate.approvals.records import ApprovalRequest, Outcome, command_hash
 from wardgate.approvals.service import ApprovalService
 from wardgate.approvals.webhook import ApprovalWebhook, WebhookRequest
 from wardgate.core.devissuer import DevIssuer
@@ -88,3 +88,15 @@ def serve_webhook(webhook: ApprovalWebhook) -> Iterator[str]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def every_pending(store, now: float) -> list[str]:
+    """The answer by brute force: every request record, minus the decided and the expired."""
+    requests, decided = {}, set()
+    for key, record in store.list("approval/"):
+        if key.endswith("/request"):
+            requests[record["id"]] = ApprovalRequest.from_record(record)
+        elif key.endswith("/outcome"):
+            decided.add(Outcome.from_record(record).request_id)
+    pending = [r for r in requests.values() if r.id not in decided and now < r.deadline]
+    return [r.id for r in sorted(pending, key=lambda r: (r.created, r.id))]

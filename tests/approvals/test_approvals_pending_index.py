@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from approvals_helpers import ALICE, BOB, hold
-from wardgate.approvals.records import ApprovalRequest, Outcome
+from approvals_helpers import ALICE, BOB, every_pending, hold
 from wardgate.core.policy import PolicyError, load_policy
 from wardgate.core.ports import StoreUnavailable
 
@@ -37,18 +36,6 @@ class CountingStore:
     def list(self, prefix):
         self.listed.append(prefix)
         return self.inner.list(prefix)
-
-
-def every_pending(store, now: float) -> list[str]:
-    """The answer by brute force: every request record, minus the decided and the expired."""
-    requests, decided = {}, set()
-    for key, record in store.list("approval/"):
-        if key.endswith("/request"):
-            requests[record["id"]] = ApprovalRequest.from_record(record)
-        elif key.endswith("/outcome"):
-            decided.add(Outcome.from_record(record).request_id)
-    pending = [r for r in requests.values() if r.id not in decided and now < r.deadline]
-    return [r.id for r in sorted(pending, key=lambda r: (r.created, r.id))]
 
 
 def test_pending_is_the_index_answer_and_reads_only_recent_buckets(service, store, clock):

@@ -2,7 +2,9 @@
 
 Every command calls the approvals REST API (the gateway's control port, or the cloud approval
 function) at ``--url`` with the caller's OIDC token, so the server checks identity and approver
-groups exactly as it does for Slack or Teams decisions; the CLI itself decides nothing.
+groups exactly as it does for Slack or Teams decisions; the CLI itself decides nothing. The one
+exception is the operator's ``approvals reindex --config FILE`` (``wardgate.cli``): it opens the
+gateway's decision store itself and only copies pending requests into the pending index.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
 DEFAULT_URL = "http://127.0.0.1:9480"
@@ -149,8 +151,11 @@ def _run(func):
     return wrapped
 
 
-def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``approvals`` and ``access`` to the ``wardgate`` command's subparsers."""
+def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]", *,
+               reindex: Callable[[argparse.Namespace], int] | None = None) -> None:
+    """Add ``approvals`` and ``access`` to the ``wardgate`` command's subparsers. ``reindex`` runs the
+    operator's ``approvals reindex --config FILE`` (it opens the gateway's decision store, so the
+    ``wardgate`` command, which may import the adapters, hands it in; raise :class:`CliError`)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("WARDGATE_URL", DEFAULT_URL),
                         help=f"approvals API (default: $WARDGATE_URL or {DEFAULT_URL})")
@@ -171,6 +176,12 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         decide.add_argument("id")
         decide.add_argument("--reason", help="why (recorded in the audit trail)")
         decide.set_defaults(func=_run(_approvals_decide))
+    if reindex is not None:
+        command = approval_commands.add_parser(
+            "reindex", help="operator: give requests stored by a gateway older than the pending index their "
+            "open/ copy, so they are listed as pending (reads every request once)")
+        command.add_argument("--config", required=True, help="the gateway configuration (its approvals.store)")
+        command.set_defaults(func=_run(reindex))
 
     access = subparsers.add_parser("access", help="just-in-time access grants")
     access_commands = access.add_subparsers(dest="access_command", required=True)

@@ -9,6 +9,8 @@ so "first write wins" is the decision store's own guarantee and every step is ev
 | ``approval/<id>/vote/<approver-key>`` | :class:`Vote` (one per approver)                         |
 | ``approval/<id>/outcome``             | :class:`Outcome` (exactly one, whoever writes it first)  |
 | ``approval/<id>/announce-failed``     | the queue refused the announcement (re-announced later)  |
+| ``open/<day of the deadline>/<id>``   | a copy of the request: where ``pending()`` finds it      |
+| ``meta/pending-index-v1``             | a scan gave the pending requests their ``open/`` copy    |
 | ``grant-index/<requester-key>/<id>``  | index of a principal's grant requests (fast lookups)     |
 | ``link/<nonce>``                      | a one-time approve/deny link that was used               |
 | ``webhook-replay/<digest>``           | a signed webhook call that was accepted (replays refused)|
@@ -110,6 +112,12 @@ def open_index_key(deadline: float, request_id: str) -> str:
 
 def open_index_day(instant_: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(instant_))
+
+
+# Written (create-once) after a scan gave every pending request of the store its ``open/`` copy:
+# requests stored by a gateway older than the index had none. Its presence lets a starting gateway
+# skip that scan (ApprovalService.index_once); ``wardgate approvals reindex`` scans whatever it says.
+PENDING_INDEX_MARKER = "meta/pending-index-v1"
 
 
 def grant_index_key(requester_key: str, request_id: str) -> str:

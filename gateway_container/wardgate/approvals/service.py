@@ -19,14 +19,18 @@ from wardgate.core.model import Principal
 from wardgate.core.ports import DecisionStore, MessageQueue, StoreUnavailable
 
 from wardgate.approvals.records import (
-    CHANNELS, GRANT, MAX_APPROVAL_TIMEOUT, OUTCOMES, REQUEST_CONTROLS, SCOPES, STATEMENT, VERDICTS, ApprovalRefused,
-    ApprovalRequest, Outcome, Vote, approval_prefix, check_id, describe, grant_index_key, instant, new_request_id,
-    open_index_day, open_index_key, outcome_key, principal_key, request_key, rfc3339, vote_key,
+    CHANNELS, GRANT, MAX_APPROVAL_TIMEOUT, OUTCOMES, PENDING_INDEX_MARKER, REQUEST_CONTROLS, SCOPES, STATEMENT,
+    VERDICTS, ApprovalRefused, ApprovalRequest, Outcome, Vote, approval_prefix, check_id, describe, grant_index_key,
+    instant, new_request_id, open_index_day, open_index_key, outcome_key, principal_key, request_key, rfc3339,
+    vote_key,
 )
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HINT = "wardgate approvals approve {id}"
+
+# How far ahead pending() looks for deadlines: the longest timeout, plus an hour for other writers' clocks.
+PENDING_HORIZON = MAX_APPROVAL_TIMEOUT + 3600
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,10 @@ class ApprovalService:
             return False
 
     def reannounce_pending(self) -> int:
-        """Send every pending request to the queue again (after a restart or a queue outage)."""
+        """Send every pending request to the queue again (after a restart or a queue outage). The
+        gateway calls it once at start-up, so it first completes the pending index if this store has
+        never been (:meth:`index_once`): requests stored before the index are then announced too."""
+        self.index_once()
         return sum(self._announce(request) for request in self.pending())
 
     def where_to_approve(self, request: ApprovalRequest) -> str:
@@ -268,10 +275,9 @@ class ApprovalService:
         """Undecided requests before their deadline, oldest first: the ``open/`` buckets of the days a
         pending request's deadline can fall on (now up to the longest timeout, plus an hour for the
         clocks of other writers), then one outcome read per request found there. Requests stored by a
-        gateway older than this index are not listed; they expire within their timeout."""
+        gateway older than this index are listed once :meth:`reindex` gave them their copy."""
         now = self._clock() if now is None else now
-        days = dict.fromkeys(open_index_day(now + offset)
-                             for offset in range(0, int(MAX_APPROVAL_TIMEOUT + 3600) + 1, 3600))
+        days = dict.fromkeys(open_index_day(now + offset) for offset in range(0, int(PENDING_HORIZON) + 1, 3600))
         found = []
         for day in days:
             for _key, record in self.store.list(f"open/{day}/"):
@@ -279,6 +285,56 @@ class ApprovalService:
                 if now < request.deadline and self.outcome(request.id) is None:
                     found.append(request)
         return sorted(found, key=lambda r: (r.created, r.id))
+
+    def reindex(self, now: float | None = None) -> int:
+        """Give each request that is undecided and before its deadline, and has no ``open/`` copy (one
+        stored by a gateway older than the pending index), the copy a new request gets: the request
+        record, under the UTC day of its deadline. Returns how many copies were written.
+
+        One read of every ``approval/`` record (what ``pending()`` did before the index), then one
+        create-once write per pending request: an existing copy or any other record is never changed,
+        so a second run writes nothing, and decided or expired requests get no copy. Then records
+        :data:`PENDING_INDEX_MARKER` (if absent), so a starting gateway skips the scan
+        (:meth:`index_once`)."""
+        now = self._clock() if now is None else now
+        requests: dict[str, tuple[ApprovalRequest, dict[str, Any]]] = {}
+        decided: set[str] = set()
+        for key, record in self.store.list("approval/"):
+            if key.endswith("/request"):
+                requests[record["id"]] = (ApprovalRequest.from_record(record), record)
+            elif key.endswith("/outcome"):
+                decided.add(record["request_id"])
+        pending = sorted(((request, record) for request, record in requests.values()
+                          if request.id not in decided and now < request.deadline),
+                         key=lambda pair: (pair[0].created, pair[0].id))
+        indexed = [request for request, record in pending
+                   if self.store.create(open_index_key(request.deadline, request.id), record)]
+        log.info("approvals: pending index: %d request(s) read, %d pending, %d copied into open/ (%d already "
+                 "there)", len(requests), len(pending), len(indexed), len(pending) - len(indexed))
+        if indexed:
+            log.warning("approvals: indexed %d pending request(s) stored without an open/ copy (by a gateway "
+                        "older than the pending index): %s", len(indexed), ", ".join(r.id for r in indexed))
+        # An older gateway allowed timeouts over MAX_APPROVAL_TIMEOUT: pending() reaches such a
+        # request's bucket only once its deadline is that close (it can still be decided by id).
+        for request in indexed:
+            listed_from = request.deadline - request.deadline % 86400 - PENDING_HORIZON
+            if listed_from > now:
+                log.warning("approvals: request %s waits until %s (a timeout over %gh, from an older gateway): "
+                            "it is listed as pending from %s", request.id, rfc3339(request.deadline),
+                            MAX_APPROVAL_TIMEOUT / 3600, rfc3339(listed_from))
+        try:
+            self.store.create(PENDING_INDEX_MARKER, {"version": 1, "at": rfc3339(now), "read": len(requests),
+                                                     "indexed": len(indexed)})
+        except StoreUnavailable as exc:  # the copies are written; the next start only scans again
+            log.warning("approvals: pending index complete but not marked in %s: %s", self.store.url, exc)
+        return len(indexed)
+
+    def index_once(self, now: float | None = None) -> int | None:
+        """:meth:`reindex`, unless :data:`PENDING_INDEX_MARKER` says a scan already ran on this store
+        (one read then; returns None). For start-up: the full scan is what the index avoids."""
+        if self.store.get(PENDING_INDEX_MARKER) is not None:
+            return None
+        return self.reindex(now)
 
     def may_see(self, principal: Principal, request: ApprovalRequest) -> bool:
         """Requesters see their own requests; approvers see the ones they could decide (AC-6)."""
