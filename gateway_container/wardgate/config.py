@@ -7,7 +7,6 @@ ignored setting. Durations accept seconds (``90``) or ``"30s"``, ``"15m"``, ``"1
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +14,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
                       model_validator)
+
+from wardgate.cpus import auto_worker_count
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -303,7 +304,8 @@ class GatewayConfig(_Strict):
     # Key of the masking "hash" strategy (HMAC), as a credential URL (env://, file://…). Replicas that
     # must produce the same tokens share it. Default: a random key kept in state_dir/masking.key.
     masking_key: str | None = None
-    # Processes serving client sessions: a number, or "auto" (one per CPU this process may run on).
+    # Processes serving client sessions: a number, or "auto": one per CPU this process may run on (its
+    # affinity), but no more than its cgroup's CPU quota rounded up (1.5 CPUs: 2; see auto_worker_count).
     # Above 1, a supervisor accepts connections and hands them to the workers in turn, restarts a
     # worker that dies, and serves the control port for all of them (see docs/workers.md).
     workers: int | Literal["auto"] = 1
@@ -317,7 +319,7 @@ class GatewayConfig(_Strict):
 
     def worker_count(self) -> int:
         if self.workers == "auto":
-            return max(1, min(127, len(os.sched_getaffinity(0))))
+            return auto_worker_count()
         return self.workers
 
     @model_validator(mode="after")

@@ -359,15 +359,16 @@ class Gateway:
     async def _readyz(self, request: web.Request) -> web.Response:
         if not self._ready:
             return web.Response(status=503, text="starting\n")
-        if self.supervisor is not None:
-            problems = await self.supervisor.worker_problems()
-            if problems:
-                return web.Response(status=503, text="".join(f"{problem}\n" for problem in problems))
+        answer = "ready\n"
+        if self.supervisor is not None:  # ready while one worker is; the answer names the others
+            ready, answer = await self.supervisor.readiness()
+            if not ready:
+                return web.Response(status=503, text=answer)
         if self.recorder.last_error is not None:
             return web.Response(status=503, text=f"audit sink unavailable: {self.recorder.last_error}\n")
         if self.core is not None and self.core.refusing is not None:
             return web.Response(status=503, text=f"refusing commands: {self.core.refusing}\n")
-        return web.Response(text="ready\n")
+        return web.Response(text=answer)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.supervisor is not None:

@@ -10,8 +10,9 @@ without either (``server.Gateway`` with a ``WorkerRole``):
   give six of eight pgbench clients to one worker, and no other local process can bind the port.
 - **Cancel keys** carry the issuing worker's slot (``CancelRegistry``); a CancelRequest reaching
   another worker is passed to the owner over its internal socket.
-- **Control port** (supervisor): ``/metrics`` sums the workers' metrics, ``/readyz`` is ready when
-  every worker is, dev issuer discovery and JWKS, the approvals webhook and its notifier.
+- **Control port** (supervisor): ``/metrics`` sums the workers' metrics, ``/readyz`` is ready while at
+  least one worker is (``aggregate_readiness``: one restarting worker does not make the replica look
+  down; the body names it), dev issuer discovery and JWKS, the approvals webhook and its notifier.
 - **Audit**: each worker writes its own segments (its own gateway id) into the shared spool, seals,
   signs and ships them; the spool and the archive are safe for several writers.
 - **Approvals**: held statements wait on the shared decision store (polled), so an approval given at
@@ -33,6 +34,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,24 @@ START_TIMEOUT = 60.0     # a worker must be serving within this long
 STOP_TIMEOUT = 30.0      # then it is killed
 RESTART_DELAY_MAX = 30.0  # backoff between restarts of a worker that keeps dying at start
 SCRAPE_TIMEOUT = 5.0
+
+
+def aggregate_readiness(problems: Sequence[str | None], *, accepting: bool = True) -> tuple[bool, str]:
+    """The supervisor's readiness from each worker's problem (``None``: ready and answering):
+    ready while the supervisor accepts connections and at least one worker is ready, so one worker
+    being restarted does not take the replica out of its load balancer. The one-line body counts the
+    ready workers and names every other one's problem (``ready: 1 of 2 workers; worker 1: not running``).
+
+    Each worker counts alone, whatever its problem: one whose audit sink is down refuses statements
+    (fail-closed) and is not ready, but does not make the others unready; workers share one sink, so
+    an outage of it takes them all, and the replica, down together."""
+    ready_count = sum(problem is None for problem in problems)
+    ready = accepting and ready_count > 0
+    parts = [f"{'ready' if ready else 'not ready'}: {ready_count} of {len(problems)} workers"]
+    if not accepting:
+        parts.append("stopping: not accepting connections")
+    parts.extend(" ".join(problem.split()) for problem in problems if problem is not None)
+    return ready, "; ".join(parts) + "\n"
 
 
 class WorkerStartError(StartError):
@@ -264,8 +284,8 @@ class Supervisor:
             async with client.get(f"http://worker{path}") as answer:
                 return answer.status, await answer.read()
 
-    async def worker_problems(self) -> list[str]:
-        """Why the gateway is not ready, per worker (empty: every worker is)."""
+    async def worker_problems(self) -> list[str | None]:
+        """Why each worker is not ready, in slot order (``None``: it is ready and answering)."""
 
         async def check(worker: WorkerProcess) -> str | None:
             if not worker.ready:
@@ -276,7 +296,12 @@ class Supervisor:
                 return f"worker {worker.slot}: not answering ({exc or type(exc).__name__})"
             return None if status == 200 else f"worker {worker.slot}: {body.decode(errors='replace').strip()}"
 
-        return [problem for problem in await asyncio.gather(*(check(w) for w in self.workers)) if problem]
+        return list(await asyncio.gather(*(check(w) for w in self.workers)))
+
+    async def readiness(self) -> tuple[bool, str]:
+        """``/readyz`` of the control port: (ready, body), see ``aggregate_readiness``. The listeners
+        accept from start until ``stop()``."""
+        return aggregate_readiness(await self.worker_problems(), accepting=not self._stopping)
 
     async def metrics(self) -> bytes:
         """The workers' metrics summed. A worker that does not answer counts as one whose audit sink

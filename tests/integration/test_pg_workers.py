@@ -4,9 +4,10 @@ GIVEN a supervised gateway, THEN sessions are served by both workers and ``/metr
 client's cancel reaches the session whichever worker the cancel connection lands on; a statement held
 in a worker is released by an approval given at the supervisor's control port; a worker killed with
 SIGKILL is started again, its open session's end is recorded and its segment sealed, while the
-other worker's sessions go on; SIGTERM stops everything cleanly and ``wardgate audit verify`` accepts
-the trail; the workers do not outlive a killed supervisor; a worker that cannot start stops
-``wardgate serve`` with its error; SIGHUP to the supervisor reloads the policy in every worker.
+other worker's sessions go on and ``/readyz`` stays ready, naming it; SIGTERM stops everything cleanly
+and ``wardgate audit verify`` accepts the trail; the workers do not outlive a killed supervisor; a
+worker that cannot start stops ``wardgate serve`` with its error; SIGHUP to the supervisor reloads the
+policy in every worker.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ BUNDLE = REPO / "policies" / "ai-agent-default" / "policy.yaml"
 RESOURCE = "orders-prod"
 HELD = re.compile(r"held for approval \(request (\S+), rule ([^)]+)\)")
 WORKER = re.compile(r"wardgate: worker (\d+) pid (\d+)")
+ALL_READY = re.compile(r"ready: (\d+) of \1 workers\n")  # the supervisor's /readyz when every worker is
 
 
 def wardgate_command() -> list[str]:
@@ -96,11 +98,13 @@ class SupervisedGateway:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
+        """Until every worker is ready (``/readyz`` answers 200 as soon as one is)."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.process.poll() is None, f"wardgate serve exited: {self.output}"
             try:
-                if http_get(self.control_url + "/readyz")[0] == 200:
+                status, body = http_get(self.control_url + "/readyz")
+                if status == 200 and ALL_READY.fullmatch(body):
                     return
             except OSError:
                 pass
@@ -315,6 +319,26 @@ def test_a_killed_worker_is_started_again_and_its_open_session_is_ended_in_the_t
     result = audit_verify(gateway.directory / "audit")
     assert result.returncode == 0, result.stdout + result.stderr
     assert not any(alive(pid) for pid in gateway.worker_pids().values())
+
+
+def test_readyz_stays_ready_and_names_the_worker_while_a_killed_worker_is_started_again(supervised) -> None:
+    gateway = supervised()
+    assert http_get(gateway.control_url + "/readyz") == (200, "ready: 2 of 2 workers\n")
+    old = gateway.worker_pids()
+    os.kill(old[1], signal.SIGKILL)
+    # The supervisor waits a second before starting it again, and a worker takes a second to start.
+    answers: list[tuple[int, str]] = []
+    deadline = time.monotonic() + 30
+    while not (gateway.worker_pids().get(1, old[1]) != old[1] and answers and ALL_READY.fullmatch(answers[-1][1])):
+        assert time.monotonic() < deadline, (answers[-5:], gateway.output)
+        answers.append(http_get(gateway.control_url + "/readyz"))
+        time.sleep(0.05)
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200]
+    degraded = [body for _, body in answers if not ALL_READY.fullmatch(body)]
+    assert degraded, answers  # the restart was seen
+    assert all(body.startswith("ready: 1 of 2 workers; worker 1: ") for body in degraded), degraded
+    assert alive(old[2]) and gateway.worker_pids()[2] == old[2]
+    assert "Traceback" not in gateway.output, gateway.output
 
 
 def test_workers_stop_when_the_supervisor_is_killed(supervised) -> None:
