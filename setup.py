@@ -6,7 +6,8 @@
 - ``wardgate.core._sqltemplate_fast``: the SQL classifier's template key (a statement around its
   integer literals);
 - ``wardgate.protocols.postgres._relay_fast``: the head of the backend relay loop (unmasked results'
-  messages in one pass).
+  messages in one pass);
+- ``wardgate.core._detect_fast``: the masking detectors' prefilter (which detectors can match a text).
 
 Everything else about the package is in ``pyproject.toml``. Each extension is optional: without
 Cython, a C compiler or a library's headers the package installs without it, and the Python
@@ -33,6 +34,8 @@ ACCELERATORS = [
      "WARDGATE_SQLTEMPLATE_SOURCE_SHA256", []),
     ("wardgate.protocols.postgres._relay_fast", Path("gateway_container/wardgate/protocols/postgres/_relay_fast.pyx"),
      "WARDGATE_RELAY_SOURCE_SHA256", []),
+    ("wardgate.core._detect_fast", Path("gateway_container/wardgate/core/_detect_fast.pyx"),
+     "WARDGATE_DETECT_SOURCE_SHA256", []),
 ]
 
 
@@ -56,5 +59,5 @@ def extensions() -> list:
 setup(
     ext_modules=extensions(),
     # Each compiled module is compared with its source at import: install the sources too.
-    package_data={"wardgate.protocols.postgres": ["_rowmask_fast.pyx", "_relay_fast.pyx"], "wardgate.core": ["_eventchain_fast.pyx", "_sqltemplate_fast.pyx"]},
+    package_data={"wardgate.protocols.postgres": ["_rowmask_fast.pyx", "_relay_fast.pyx"], "wardgate.core": ["_eventchain_fast.pyx", "_sqltemplate_fast.pyx", "_detect_fast.pyx"]},
 )

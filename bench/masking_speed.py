@@ -17,6 +17,16 @@ second, for callgrind (instructions per row, repeatable on a loaded machine)::
     valgrind --tool=callgrind --dump-before=getppid --callgrind-out-file=/tmp/cg \
         .venv/bin/python bench/masking_speed.py --datarow-only compiled --datarow-rows 20000
     # the 4th dump (/tmp/cg.3 by number) is the second loop; divide its total by --datarow-rows
+
+``--detector-cases`` prints only the detector-scan table of typical free-text values
+(:data:`DETECTOR_CASES`: clean short text, product names, addresses, a note with an e-mail address or a
+phone number, 500 characters of prose, base64/hex blobs, UUIDs) for all detectors and the default
+policy's. ``--scan-only LABEL --selection all|profile`` runs ``scan`` of one of them
+``--scan-calls`` times, twice, around ``os.getppid()`` as above, for callgrind::
+
+    valgrind --tool=callgrind --dump-before=getppid --callgrind-out-file=/tmp/cgs \
+        .venv/bin/python bench/masking_speed.py --scan-only "note + phone" --selection all
+    # instructions per call: total of /tmp/cgs.2 (the second loop) divided by --scan-calls (default 2000)
 """
 
 from __future__ import annotations
@@ -64,6 +74,27 @@ CASES: list[tuple[str, str]] = [
 ]
 
 
+LONG_CLEAN = ("The quarterly report was shipped to the warehouse on Tuesday and the customer confirmed "
+              "receipt; everything arrived in good condition, the packaging was intact, and the invoice "
+              "matched the purchase order. Next steps: schedule the follow-up meeting, update the account "
+              "notes, and send the satisfaction survey. The regional manager asked for a summary of the "
+              "delivery times for the last quarter, broken down by carrier and by region, before the "
+              "end of the month, together with the returns and the open complaints.")
+
+# Free-text values as detector-scanned columns hold them (session 11).
+DETECTOR_CASES: list[tuple[str, str]] = [
+    ("clean short", "Please ship by Friday"),
+    ("product name", "Stainless Steel Water Bottle 750ml"),
+    ("address", "221B Baker Street, London NW1 6XE, United Kingdom"),
+    ("note + email", "Please forward the invoice to jane.doe@example.com before Friday"),
+    ("note + phone", "Customer 4242 prefers deliveries before noon; call 415-555-2671"),
+    ("500 chars clean", LONG_CLEAN),
+    ("base64 blob", "3q2+7wEAAAB/Zm9vYmFyX3NlY3JldF8xMjM0NTY="),
+    ("hex digest", "3f786850e387550fdab836ed7e6dc881de23001b"),
+    ("UUID", "550e8400-e29b-41d4-a716-446655440000"),
+]
+
+
 def per_call_us(fn, rounds: int, budget: float = 0.2) -> float:
     timer = timeit.Timer(fn, timer=time.process_time)
     number, elapsed = timer.autorange()
@@ -87,9 +118,15 @@ def _column(index: int, strategy: MaskStrategy) -> tuple:
     return (index, "column", strategy, f"public.bench_people.c{index}", None, True)
 
 
+def _detect(index: int) -> tuple:
+    return (index, "detect", MaskStrategy.redact(), f"public.bench_people.c{index}", tuple(PROFILE), True)
+
+
 DATAROW_PLANS = {
     "email partial + note redact": (_column(2, MaskStrategy.partial(4)), _column(5, MaskStrategy.redact())),
     "email hash + note redact": (_column(2, MaskStrategy.hash()), _column(5, MaskStrategy.redact())),
+    # The default policy's detectors on two free-text columns (an e-mail address is found in one).
+    "email + note detectors": (_detect(2), _detect(5)),
 }
 
 
@@ -101,15 +138,50 @@ def datarow_loop(rows: list[bytes], fast: bool, plan: tuple, key: bytes) -> None
     masker.finish()
 
 
+def detector_table(rounds: int) -> None:
+    """scan (all detectors, the default policy's), mask_text (redact, profile), us per value."""
+    profile = tuple(PROFILE)  # as the DataRow plan passes it
+    header = f"{'value':18s} {'len':>5s} {'found':>5s} {'scan all':>10s} {'scan profile':>13s} {'mask_text':>10s}"
+    print(header + "   (us per value; mask_text: profile, redact)")
+    print("-" * len(header))
+    for label, value in DETECTOR_CASES:
+        report = MaskReport()
+        redact = MaskStrategy.redact()
+        n_found = f"{len(scan(value))}/{len(scan(value, profile))}"
+        t_all = per_call_us(lambda: scan(value), rounds)
+        t_profile = per_call_us(lambda: scan(value, profile), rounds)
+        t_mask = per_call_us(lambda: mask_text(value, redact, detectors=profile, report=report, column="c"), rounds)
+        print(f"{label:18s} {len(value):5d} {n_found:>5s} {t_all:10.2f} {t_profile:13.2f} {t_mask:10.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--datarow-only", choices=("python", "compiled"),
                         help="only the DataRow loop (email partial + note redact), twice; for callgrind")
     parser.add_argument("--datarow-rows", type=int, default=20_000)
+    parser.add_argument("--detector-cases", action="store_true", help="only the detector-scan table")
+    parser.add_argument("--scan-only", choices=[label for label, _ in DETECTOR_CASES],
+                        help="only scan() of one detector case, twice; for callgrind")
+    parser.add_argument("--selection", choices=("all", "profile"), default="all")
+    parser.add_argument("--scan-calls", type=int, default=2000)
     args = parser.parse_args()
     rounds = args.rounds
     key = os.urandom(32)
+    if args.scan_only:
+        value = dict(DETECTOR_CASES)[args.scan_only]
+        detectors = None if args.selection == "all" else tuple(PROFILE)
+        calls = range(args.scan_calls)
+        for _ in calls:  # warm-up
+            scan(value, detectors)
+        os.getppid()  # callgrind: --dump-before=getppid marks the timed loop
+        for _ in calls:
+            scan(value, detectors)
+        os.getppid()
+        return
+    if args.detector_cases:
+        detector_table(rounds)
+        return
     if args.datarow_only:
         rows = [bench_people_row(i) for i in range(1, args.datarow_rows + 1)]
         plan = DATAROW_PLANS["email partial + note redact"]
@@ -138,6 +210,8 @@ def main() -> None:
         t_mask = per_call_us(lambda: mask_text(value, redact, report=report, column="c"), rounds)
         per_value[label] = t_all
         print(f"{label:18s} {len(value):5d} {n_found:5d} {t_all:10.2f} {t_profile:13.2f} {t_mask:10.2f}")
+    print()
+    detector_table(rounds)
 
     print()
     print("mask_value (whole-column strategies), us per value:")

@@ -2,8 +2,8 @@
 to it: a stale, hand-compiled or missing module falls back to the Python implementation, an
 environment variable turns it off, and CI (``WARDGATE_REQUIRE_COMPILED``) fails when one is not in
 use instead of silently testing only the fallbacks. What each one computes is tested against its
-Python reference in ``test_rowmask_fast.py``, ``test_eventchain_fast.py``, ``test_sqltemplate_fast.py``
-and ``test_relay_fast.py``."""
+Python reference in ``test_rowmask_fast.py``, ``test_eventchain_fast.py``, ``test_sqltemplate_fast.py``,
+``test_relay_fast.py`` and ``test_detect_fast.py``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from wardgate.core import audit, sqlclass
+from wardgate.core import audit, masking, sqlclass
 from wardgate.protocols.postgres import engine, rowmask
 
 # (module, its .pyx, the env var forcing Python, the loader its user calls, the module in use or None)
@@ -31,6 +31,9 @@ ACCELERATORS = {
     "backend relay loop": ("wardgate.protocols.postgres._relay_fast", Path(engine.__file__).with_name("_relay_fast.pyx"),
                            "WARDGATE_RELAY_PYTHON", engine._load_fast, lambda: engine._RELAY_FAST,
                            lambda: engine._RELAY_PROBLEM),
+    "detector prefilter": ("wardgate.core._detect_fast", Path(masking.__file__).with_name("_detect_fast.pyx"),
+                           "WARDGATE_DETECT_PYTHON", masking._load_fast, lambda: masking._DETECT_FAST,
+                           lambda: masking._DETECT_PROBLEM),
 }
 
 

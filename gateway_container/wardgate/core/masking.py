@@ -93,9 +93,16 @@ C. (So ``x-----BEGIN …`` glued to a letter is not found.)
 Speed
 -----
 :func:`scan` returns at once for text shorter than the shortest detectable value of the selected
-detectors, then uses cheap ``in`` / digit tests to drop the detectors that cannot match (no digit: no
-card, phone, SSN, IBAN or high-entropy token; no ``@``: no e-mail; no ``eyJ``: no JWT; ...) and runs the
-combined regex of the rest (compiled once per combination, cached). Figures: ``bench/masking_speed.py``.
+detectors, then a prefilter drops the detectors that cannot match (no digit: no card, phone, SSN, IBAN
+or high-entropy token; no ``@``: no e-mail; no ``eyJ``: no JWT; fewer than 13 digits or no four in a
+row: no card; no ``ddd-dd-dddd``: no SSN; no ``UUdd``: no IBAN; no run of 20 ``[A-Za-z0-9+/_-]``: no
+AWS key, GitLab or high-entropy token, of 40: no AWS secret or GitHub token; ...) and runs the
+combined regex of the rest (compiled once per combination, cached). A detector is dropped only when
+none of its candidates could exist or all would fail validation, so the findings are those of the full
+scan. The prefilter is :func:`_possible_python`, or the same tests in one pass over the text in C
+(``_detect_fast.pyx``, used when built from the current source; ``WARDGATE_DETECT_PYTHON=1`` turns it
+off). Figures: ``bench/masking_speed.py --detector-cases``; ``tests/unit/test_masking_differential.py``
+compares the scan with the implementation before these shortcuts.
 
 Strategies
 ----------
@@ -110,12 +117,17 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 import math
+import operator
 import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from wardgate.core.compiled import load_compiled, warn_fallback
 
 __all__ = [
     "COLUMN",
@@ -355,6 +367,10 @@ _AWS_CONTEXT = re.compile(
 )
 _AWS_CONTEXT_WINDOW = 256
 _HEX_CHARS = frozenset("0123456789abcdefABCDEF")
+# ``not value.strip(_HEX)`` is ``_HEX_CHARS.issuperset(value)`` in one C call (strip removes every
+# character when, and only when, all of them are in the set).
+_HEX = "0123456789abcdefABCDEF"
+_HEX_DASH = _HEX + "-"
 
 
 # ``<secret key name> = value`` / ``"SecretAccessKey": "value"``, ending where the value starts.
@@ -368,7 +384,7 @@ def _validate_aws_secret(text: str, m: re.Match[str]) -> Span:
     if _SECRET_KEY_ASSIGNMENT.search(text, max(0, start - 64), start):
         return start, end
     value = text[start:end]
-    if _HEX_CHARS.issuperset(value) or value.isupper() or value.islower():
+    if not value.strip(_HEX) or value.isupper() or value.islower():
         return None
     if not any(c.isdigit() or c in "/+" for c in value):
         return None
@@ -491,12 +507,15 @@ _NOT_TLDS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico"
 
 
 def _validate_email(text: str, m: re.Match[str]) -> Span:
-    start, end = m.start() + 1, m.end()
-    at = text.index("@", start)
-    local = text[start:at]
-    if local[0] == "." or local[-1] == "." or ".." in local or end - start > 254:
+    start, end = m.span()
+    start += 1
+    if end - start > 254:
         return None
-    if text[text.rindex(".", at, end) + 1:end].lower() in _NOT_TLDS:
+    # The local part has no "@" and the domain at least one ".": the TLD is after its last one.
+    local, _, domain = text[start:end].partition("@")
+    if local[0] == "." or local[-1] == "." or ".." in local:
+        return None
+    if domain.rpartition(".")[2].lower() in _NOT_TLDS:
         return None
     return start, end
 
@@ -564,6 +583,9 @@ def _char_class(c: str) -> int:
     return 3
 
 
+_CLASS_BYTES = bytes(_char_class(chr(b)) for b in range(256))
+
+
 def _looks_random(token: str) -> bool:
     """The ``high_entropy_secret`` heuristic, for one maximal run of 20+ base64/base64url characters.
 
@@ -590,7 +612,7 @@ def _looks_random(token: str) -> bool:
     """
     core = token.rstrip("=")
     n = len(core)
-    if n < 20 or _HEX_CHARS.issuperset(core.replace("-", "")):
+    if n < 20 or not core.strip(_HEX_DASH):  # only hex digits and "-"
         return False
     if _HAS_DIGIT(core) is None:
         return False
@@ -610,18 +632,24 @@ def _looks_random(token: str) -> bool:
         rest = _EMBEDDED_HEX.sub("", core)
         if len(rest) != n:
             return len(rest) >= 20 and _looks_random(rest)
-    alnum = [c for c in core if c.isalnum()]
-    classes = [_char_class(c) for c in alnum]
+    alnum = "".join(filter(str.isalnum, core))
+    if alnum.isascii():
+        # _char_class of each character, as bytes (a translation), and the class changes between
+        # neighbours counted in C.
+        classes: Sequence[int] = alnum.encode().translate(_CLASS_BYTES)
+        changes = sum(map(operator.ne, classes, classes[1:]))
+    else:
+        classes = [_char_class(c) for c in alnum]
+        changes = sum(1 for a, b in zip(classes, classes[1:]) if a != b)
     others = len(set(core)) - len(set(alnum))
     weights = [w for w, present in ((26, lower), (26, upper), (10, True)) if present]
     alphabet = sum(weights)
     if shannon_entropy(core) < HIGH_ENTROPY_RATIO * math.log2(min(n, alphabet + others)):
         return False
     expected = 1.0 - sum((w / alphabet) ** 2 for w in weights)
-    changes = sum(1 for a, b in zip(classes, classes[1:]) if a != b)
     if changes < HIGH_ENTROPY_CLASS_CHANGES * expected * (len(classes) - 1):
         return False
-    words = sum(len(m) for m in _CAPITALISED_WORD.findall("".join(alnum)))
+    words = sum(map(len, _CAPITALISED_WORD.findall(alnum)))
     return words <= HIGH_ENTROPY_MAX_WORDS * len(alnum)
 
 
@@ -677,44 +705,126 @@ _B = _BIT
 _NEEDS_DIGIT = _B["credit_card"] | _B["iban"] | _B["us_ssn"] | _B["phone"] | _B["high_entropy_secret"]
 _PEM, _JWT, _BEARER = _B["pem_private_key"], _B["jwt"], _B["bearer_token"]
 _GITHUB, _GITLAB, _SSN, _EMAIL = _B["github_token"], _B["gitlab_token"], _B["us_ssn"], _B["email"]
-_ENTROPY, _AWS_KEY = _B["high_entropy_secret"], _B["aws_access_key_id"]
+_ENTROPY, _AWS_KEY, _AWS_SECRET = _B["high_entropy_secret"], _B["aws_access_key_id"], _B["aws_secret_access_key"]
+_CARD, _IBAN, _PHONE = _B["credit_card"], _B["iban"], _B["phone"]
 # Every detector but these three needs an ASCII letter somewhere.
 _NEEDS_LETTER = ((1 << len(PRIORITY)) - 1) & ~(_B["credit_card"] | _B["us_ssn"] | _B["phone"])
-_HAS_LETTER = re.compile(r"[A-Za-z]").search
+# Detectors whose candidate is a run of 20+ characters of [A-Za-z0-9+/_-] (a finding of 20+ of them:
+# ``A`` + 19 key characters, ``gl…-`` + 20, the entropy run), and those whose run is 40+ (the AWS secret's 40
+# base64 characters, ``ghp_`` + 36).
+_NEEDS_RUN20 = _AWS_KEY | _AWS_SECRET | _GITHUB | _GITLAB | _ENTROPY
+_NEEDS_RUN40 = _AWS_SECRET | _GITHUB
 # Detectors whose minimum length a text of length i reaches (i < 64; longer texts: all).
 _BY_LENGTH: tuple[int, ...] = tuple(
     sum(_B[d.name] for d in DETECTORS if d.min_length <= i) for i in range(64)
 )
 
+# The prefilter looks at the text's UTF-8 bytes through two translation tables, each one C pass:
+# ``_CLASSES`` maps ASCII digits to ``d``, letters to ``U``/``l`` (upper/lower), keeps other ASCII
+# characters and maps every non-ASCII byte to a space; ``_RUNS`` maps [A-Za-z0-9+/_-] to ``e`` and
+# everything else to a space. Both results are ASCII and become ``str`` (``str in str`` is the cheap
+# membership test: ``bytes in bytes`` first tries its argument as an int, ``bytes.find`` parses a tuple
+# of arguments). Then ``in`` answers what the regexes would have: "a digit?", "a ddd-dd-dddd shape?",
+# "a run of 20 token characters?". Non-ASCII characters are bytes >= 0x80 in UTF-8 (lone surrogates
+# too, with ``surrogatepass``): never a digit, a letter or a token character, as in the patterns
+# (which write their classes in ASCII).
+_CLASSES = bytes(
+    ord("d") if 48 <= b <= 57 else ord("U") if 65 <= b <= 90 else ord("l") if 97 <= b <= 122
+    else b if b < 128 else 32
+    for b in range(256)
+)
+_RUNS = bytes(ord("e") if b < 128 and (chr(b).isalnum() or chr(b) in "+/_-") else 32 for b in range(256))
+_RUN20, _RUN40 = "e" * 20, "e" * 40
+# Masks without one group of detectors (positive: ``mask & ~group`` on a negative int costs more).
+_EVERY = (_SKIP_BIT << 1) - 1
+_NO_DIGIT, _NO_LETTER, _NO_RUN20, _NO_RUN40 = (_EVERY ^ _NEEDS_DIGIT, _EVERY ^ _NEEDS_LETTER, _EVERY ^ _NEEDS_RUN20,
+                                               _EVERY ^ _NEEDS_RUN40)
+_NO_AWS_KEY, _NO_EMAIL, _NO_SSN, _NO_PEM, _NO_IBAN = (_EVERY ^ _AWS_KEY, _EVERY ^ _EMAIL, _EVERY ^ _SSN,
+                                                      _EVERY ^ _PEM, _EVERY ^ _IBAN)
+_NO_CARD, _NO_PHONE, _NO_JWT, _NO_BEARER = _EVERY ^ _CARD, _EVERY ^ _PHONE, _EVERY ^ _JWT, _EVERY ^ _BEARER
+_NO_GITHUB, _NO_GITLAB = _EVERY ^ _GITHUB, _EVERY ^ _GITLAB
 
-def _possible(text: str, n: int, selected: int) -> int:
+
+def _possible_python(text: str, n: int, selected: int) -> int:
     """The detectors of ``selected`` that can match ``text`` at all, by cheap tests (length,
-    characters, literals); each test runs only while its detectors are still in question."""
+    characters, literals); each test runs only while its detectors are still in question. A detector
+    is dropped only when no candidate of its pattern can be in the text or every candidate would be
+    refused by its validator (as the scan would have): dropping it never changes the findings.
+    (The reference of, and fallback for, the compiled ``_detect_fast.possible``.)"""
     mask = selected & _BY_LENGTH[n] if n < 64 else selected
-    if mask & _NEEDS_DIGIT and _HAS_DIGIT(text) is None:
-        mask &= ~_NEEDS_DIGIT
-    if mask & _NEEDS_LETTER and _HAS_LETTER(text) is None:  # numbers, dates, times
-        mask &= ~_NEEDS_LETTER
+    if not mask:
+        return 0
+    raw = text.encode("utf-8", "surrogatepass")
+    classes = raw.translate(_CLASSES).decode()
+    if mask & _NEEDS_DIGIT and "d" not in classes:
+        mask &= _NO_DIGIT
+    if mask & _NEEDS_LETTER and "l" not in classes and "U" not in classes:  # numbers, dates, times
+        mask &= _NO_LETTER
     if mask & _AWS_KEY and "A" not in text:
-        mask &= ~_AWS_KEY
+        mask &= _NO_AWS_KEY
     if mask & _EMAIL and "@" not in text:
-        mask &= ~_EMAIL
-    if mask & _SSN and "-" not in text:
-        mask &= ~_SSN
+        mask &= _NO_EMAIL
+    if mask & _SSN and "ddd-dd-dddd" not in classes:  # [0-8]dd-dd-dddd
+        mask &= _NO_SSN
     if mask & (_PEM | _ENTROPY):
         if "-----BEGIN" not in text:
-            mask &= ~_PEM
+            mask &= _NO_PEM
         elif mask & _ENTROPY:
+            # Public PEM blocks are stepped over (with what is in them) whenever high_entropy_secret
+            # passed the tests above, whether or not it is dropped below.
             mask |= _SKIP_BIT
+    if mask & _IBAN and "UUdd" not in classes:  # country code, check digits
+        mask &= _NO_IBAN
+    # A card number has 13..19 digits, four of them in a row; a phone number 8+ (its validator; NANP
+    # 10), two in a row or one after the "+".
+    if mask & _CARD and ("dddd" not in classes or classes.count("d") < 13):
+        mask &= _NO_CARD
+    if mask & _PHONE and (("dd" not in classes and "+d" not in classes) or classes.count("d") < 8):
+        mask &= _NO_PHONE
+    if mask & _NEEDS_RUN20:
+        runs = raw.translate(_RUNS).decode()
+        if _RUN20 not in runs:
+            mask &= _NO_RUN20
+        elif mask & _NEEDS_RUN40 and _RUN40 not in runs:
+            mask &= _NO_RUN40
     if mask & _JWT and "eyJ" not in text:
-        mask &= ~_JWT
+        mask &= _NO_JWT
     if mask & _BEARER and "earer" not in text and "EARER" not in text:
-        mask &= ~_BEARER
+        mask &= _NO_BEARER
     if mask & _GITHUB and "gh" not in text and "github_pat_" not in text:
-        mask &= ~_GITHUB
+        mask &= _NO_GITHUB
     if mask & _GITLAB and "gl" not in text and "GR1348941" not in text:
-        mask &= ~_GITLAB
+        mask &= _NO_GITLAB
     return mask
+
+
+def _load_fast():
+    """(the compiled prefilter, None) or (None, why it is not used)."""
+    fast, problem = load_compiled("wardgate.core._detect_fast", Path(__file__).with_name("_detect_fast.pyx"),
+                                  what="detector prefilter", disable_env="WARDGATE_DETECT_PYTHON")
+    if fast is not None:
+        if getattr(fast, "PRIORITY", None) != PRIORITY:
+            return None, "the compiled detector prefilter numbers the detectors differently from masking.PRIORITY"
+        fast.set_by_length(_BY_LENGTH)
+    return fast, problem
+
+
+_DETECT_FAST, _DETECT_PROBLEM = _load_fast()
+_possible: Callable[[str, int, int], int] = _DETECT_FAST.possible if _DETECT_FAST is not None else _possible_python
+warn_fallback(_DETECT_PROBLEM, "prefiltering detectors with the Python implementation (slower, same result)",
+              logging.getLogger("wardgate.masking"))
+
+
+# The search of each combination of detectors, compiled once (a dict: cheaper than an lru_cache call).
+_SEARCH: dict[int, Callable[..., re.Match[str] | None]] = {}
+# The last tuple of detector names scan was given and its selection: the rows of a result pass the same
+# tuple (the plan's) every time, so an identity test replaces hashing it. A tuple of ``str`` cannot
+# change; it is held here, so its id cannot be reused while it is compared.
+_LAST_SELECTION: tuple[Any, tuple[int, int]] = (None, _ALL_SELECTED)
+# A Finding built without the frozen dataclass's ``__init__`` (three ``object.__setattr__`` calls):
+# the slots' own setters, a third of the cost. Same object, same equality and hash.
+_new_finding = object.__new__
+_set_detector, _set_start, _set_end = Finding.detector.__set__, Finding.start.__set__, Finding.end.__set__
 
 
 def scan(text: str, detectors: Sequence[str] | None = None) -> list[Finding]:
@@ -723,17 +833,37 @@ def scan(text: str, detectors: Sequence[str] | None = None) -> list[Finding]:
     Overlaps are resolved leftmost first, then by :data:`PRIORITY` at the same start (see the module
     docstring). Raises ``ValueError`` for an unknown detector name.
     """
-    selected, min_length = _ALL_SELECTED if detectors is None else _selection(tuple(detectors))
+    global _LAST_SELECTION
+    if detectors is None:
+        selected, min_length = _ALL_SELECTED
+    else:
+        last = _LAST_SELECTION
+        if last[0] is detectors:
+            selected, min_length = last[1]
+        elif type(detectors) is tuple:
+            selection = _selection(detectors)
+            _LAST_SELECTION = (detectors, selection)
+            selected, min_length = selection
+        else:
+            selected, min_length = _selection(tuple(detectors))
     n = len(text)
     if n < min_length:
         return []
     mask = _possible(text, n, selected)
     if not mask:
         return []
-    search = _combined(mask).search
+    search = _SEARCH.get(mask)
+    if search is None:
+        search = _SEARCH[mask] = _combined(mask).search
     padded = "\n" + text  # positions below are in ``padded``; a finding's are one less
     findings: list[Finding] = []
     pos = 0
+    if mask == _EMAIL:
+        # Alone, the e-mail detector cannot find anything that starts (boundary character included)
+        # before the local part of the first "@", which has at most 64 characters and no space (nor
+        # "@": any later address starts after it). ``pos`` is in ``padded``: one more.
+        at = text.index("@")
+        pos = max(at - 64, text.rfind(" ", 0, at) + 1, 0)
     while pos < n:
         m = search(padded, pos)
         if m is None:
@@ -748,7 +878,11 @@ def scan(text: str, detectors: Sequence[str] | None = None) -> list[Finding]:
                 continue
         detector = _DETECTOR_OF[marker]
         if detector is not None:
-            findings.append(Finding(detector, span[0] - 1, span[1] - 1))
+            finding = _new_finding(Finding)
+            _set_detector(finding, detector)
+            _set_start(finding, span[0] - 1)
+            _set_end(finding, span[1] - 1)
+            findings.append(finding)
         pos = span[1]
     return findings
 
