@@ -61,6 +61,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -149,6 +150,65 @@ def process_cpu_seconds(pid: int) -> float:
         except OSError:
             pass  # gone meanwhile
     return total
+
+
+def reaped_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its children it has waited for (a postmaster: every backend
+    that served a connection and exited), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+
+
+def machine_seconds() -> tuple[float, float]:
+    """(idle, total) CPU time of the whole machine, summed over its CPUs, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:9]]
+    return (fields[3] + fields[4]) / CLK_TCK, sum(fields) / CLK_TCK  # idle + iowait; user … steal
+
+
+class MachineMeter:
+    """Where the machine's CPU time goes during one pgbench run, per transaction: pgbench itself,
+    PostgreSQL (the postmaster and every backend it reaped), and the time no CPU had anything to do.
+    On a host where pgbench, PostgreSQL and the gateway share the CPUs, these say what the ratio to
+    direct is made of besides the gateway's own CPU time."""
+
+    def __init__(self, postmaster_pid: int) -> None:
+        """Call with no client connected: the postmaster's children now are its own processes
+        (checkpointer, walwriter…), once the backends of earlier connections are gone."""
+        self.postmaster_pid = postmaster_pid
+        count, steady_since, deadline = len(_children(postmaster_pid)), time.monotonic(), time.monotonic() + 5.0
+        while time.monotonic() - steady_since < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = len(_children(postmaster_pid))
+            if now != count:
+                count, steady_since = now, time.monotonic()
+        self.own_processes = count
+
+    def _backends_gone(self) -> None:
+        """Wait (3 s at most) until the backends of the last run have exited and been reaped, so
+        their CPU time is counted in that run and not the next: a backend exits once its client
+        (pgbench, or the gateway for it) has closed."""
+        deadline = time.monotonic() + 3.0
+        while len(_children(self.postmaster_pid)) > self.own_processes and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def start(self) -> tuple:
+        self._backends_gone()
+        return (resource.getrusage(resource.RUSAGE_CHILDREN), reaped_cpu_seconds(self.postmaster_pid),
+                machine_seconds())
+
+    def finish(self, before: tuple, run: "Run") -> None:
+        usage, postgres, (idle, total) = before
+        idle_after, total_after = machine_seconds()
+        self._backends_gone()
+        usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        count = run.transactions
+        run.pgbench_cpu_us_per_txn = ((usage_after.ru_utime + usage_after.ru_stime - usage.ru_utime - usage.ru_stime)
+                                      / count * 1e6)
+        run.postgres_cpu_us_per_txn = (reaped_cpu_seconds(self.postmaster_pid) - postgres) / count * 1e6
+        run.machine_idle_us_per_txn = (idle_after - idle) / count * 1e6
+        run.machine_us_per_txn = (total_after - total) / count * 1e6
 
 
 def _children(pid: int) -> list[int]:
@@ -410,6 +470,11 @@ class Run:
     latency_ms: float | None = None
     transactions: int | None = None
     gateway_cpu_us_per_txn: float | None = None
+    # machine accounting (MachineMeter): pgbench, PostgreSQL, idle CPUs, all CPUs (= CPUs ÷ TPS)
+    pgbench_cpu_us_per_txn: float | None = None
+    postgres_cpu_us_per_txn: float | None = None
+    machine_idle_us_per_txn: float | None = None
+    machine_us_per_txn: float | None = None
     error: str | None = None
 
 
@@ -419,10 +484,11 @@ _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re
 
 
 def run_pgbench(pgbench: Path, endpoint: Endpoint, protocol: str, seconds: int, clients: int, jobs: int,
-                round_number: int = 0, script: Path | None = None) -> Run:
+                round_number: int = 0, script: Path | None = None, meter: MachineMeter | None = None) -> Run:
     """One pgbench run: select-only (``-S``), or the transaction in ``script`` (``-f``)."""
     run = Run(endpoint.path, endpoint.mode, protocol, round_number)
     pid = endpoint.pid
+    machine_before = meter.start() if meter is not None else None
     cpu_before = process_cpu_seconds(pid) if pid else 0.0
     workload = ["-S"] if script is None else ["-f", str(script)]
     proc = subprocess.run(
@@ -440,6 +506,8 @@ def run_pgbench(pgbench: Path, endpoint: Endpoint, protocol: str, seconds: int, 
     run.transactions = int(processed.group(1))
     if pid and run.transactions:
         run.gateway_cpu_us_per_txn = (cpu_after - cpu_before) / run.transactions * 1e6
+    if meter is not None and run.transactions:
+        meter.finish(machine_before, run)
     return run
 
 
@@ -665,6 +733,10 @@ def summarize(runs: list[Run]) -> list[dict]:
                       else (1.0 if any(r.tps for r in group) else None)),
             "latency_ms": _median(r.latency_ms for r in group),
             "gateway_cpu_us_per_txn": _median(r.gateway_cpu_us_per_txn for r in group),
+            "pgbench_cpu_us_per_txn": _median(r.pgbench_cpu_us_per_txn for r in group),
+            "postgres_cpu_us_per_txn": _median(r.postgres_cpu_us_per_txn for r in group),
+            "machine_idle_us_per_txn": _median(r.machine_idle_us_per_txn for r in group),
+            "machine_us_per_txn": _median(r.machine_us_per_txn for r in group),
             "errors": [r.error for r in group if r.error],
         }
         if path == "gateway":
@@ -746,6 +818,22 @@ def print_table(lines: list[dict], memory: dict | None, args: argparse.Namespace
                   f"{memory['rss_before_kib']} → {memory['rss_after_kib']} KiB = "
                   f"{memory['kib_per_session']:.1f} KiB per session (target < {TARGET_KIB_PER_SESSION:.0f}): "
                   f"{'PASS' if memory['pass'] else 'FAIL'}")
+
+
+def print_machine_table(lines: list[dict]) -> None:
+    """Where the machine's CPU time goes per transaction: what the ratio to direct is made of."""
+    if not any(line.get("machine_us_per_txn") for line in lines):
+        return
+    print("\nmachine time per transaction (µs, medians): pgbench, PostgreSQL (postmaster and its backends), "
+          "the gateway or proxy, CPUs idle; 'all' = CPUs ÷ TPS (the rest: kernel threads, other processes)")
+    header = f"{'path':<11} {'audit':<7} {'protocol':<9} {'pgbench':>8} {'postgres':>9} {'gateway':>8} {'idle':>7} {'all':>7}"
+    print(header)
+    print("-" * len(header))
+    for line in lines:
+        print(f"{line['path']:<11} {line['audit']:<7} {line['protocol']:<9} "
+              f"{_fmt(line.get('pgbench_cpu_us_per_txn'), '8.1f'):>8} {_fmt(line.get('postgres_cpu_us_per_txn'), '9.1f'):>9} "
+              f"{_fmt(line.get('gateway_cpu_us_per_txn'), '8.1f'):>8} {_fmt(line.get('machine_idle_us_per_txn'), '7.1f'):>7} "
+              f"{_fmt(line.get('machine_us_per_txn'), '7.1f'):>7}")
 
 
 def summarize_policy(runs: list[Run], baseline_mode: str, protocols: list[str]) -> list[dict]:
@@ -951,6 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_pgbench(pgbench, endpoint, args.protocol_list[0], args.warmup, args.clients, args.jobs)
 
         runs: list[Run] = []
+        meter = MachineMeter(pg.postmaster_pid)
         for round_number in range(args.repeat):
             for protocol in args.protocol_list:
                 # Interleave: direct next to each gateway, alternating the order between rounds.
@@ -960,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(f"the gateway ({endpoint.gateway.name}) died:\n"
                                            + "\n".join(endpoint.gateway.output))
                     run = run_pgbench(pgbench, endpoint, protocol, args.duration, args.clients, args.jobs,
-                                      round_number)
+                                      round_number, meter=meter)
                     runs.append(run)
                     label = f"gateway[{endpoint.gateway.name}]" if endpoint.gateway else endpoint.path
                     status = f"{run.tps:.0f} TPS" if run.tps else run.error
@@ -976,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
 
         lines = summarize(runs)
         print_table(lines, memory, args)
+        print_machine_table(lines)
         cost_lines = summarize_recording_cost(runs, args.protocol_list)
         if cost_lines:
             print_recording_cost(cost_lines)

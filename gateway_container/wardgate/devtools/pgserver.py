@@ -233,6 +233,11 @@ class ThrowawayPostgres:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def postmaster_pid(self) -> int | None:
+        """The postmaster's process id while it runs (benchmarks account its backends' CPU time)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> "ThrowawayPostgres":
         if self._running:
             return self

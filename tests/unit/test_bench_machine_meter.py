@@ -1,0 +1,62 @@
+"""`make bench` accounts the machine's CPU per transaction: PostgreSQL's share includes backends that
+have exited (the postmaster reaps them), and a run is charged only with what happened during it."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "bench" / "pg_overhead.py"
+
+# A stand-in postmaster: on each input line it forks a "backend" that burns CPU for the given seconds
+# and exits, reaps it, and answers.
+_POSTMASTER = """
+import os, sys, time
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        start = time.process_time()
+        while time.process_time() - start < float(line):
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("reaped", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("pg_overhead_machine_meter", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_backends_that_exited_during_the_run_are_charged_to_it(bench) -> None:
+    postmaster = subprocess.Popen([sys.executable, "-c", _POSTMASTER], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+    try:
+        meter = bench.MachineMeter(postmaster.pid)
+        # Before the run: a backend whose CPU time must not count.
+        postmaster.stdin.write("0.2\n")
+        postmaster.stdin.flush()
+        assert postmaster.stdout.readline() == "reaped\n"
+        run = bench.Run("direct", "-", "simple", 0, tps=1000.0, transactions=1000)
+        before = meter.start()
+        postmaster.stdin.write("0.3\n")
+        postmaster.stdin.flush()
+        assert postmaster.stdout.readline() == "reaped\n"
+        meter.finish(before, run)
+    finally:
+        postmaster.stdin.close()
+        postmaster.wait(timeout=10)
+    # 0.3 s over 1000 transactions: 300 µs each (clock ticks of 10 ms; a loaded machine adds a little)
+    assert 270 <= run.postgres_cpu_us_per_txn <= 450, run
+    assert run.machine_us_per_txn >= run.postgres_cpu_us_per_txn - 30
+    assert 0 <= run.machine_idle_us_per_txn <= run.machine_us_per_txn
+    assert run.pgbench_cpu_us_per_txn is not None and run.pgbench_cpu_us_per_txn >= 0
