@@ -3,14 +3,8 @@ have exited (the postmaster reaps them), and a run is charged only with what hap
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
-
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "pg_overhead.py"
 
 # A stand-in postmaster: on each input line it forks a "backend" that burns CPU for the given seconds
 # and exits, reaps it, and answers.
@@ -26,15 +20,6 @@ for line in sys.stdin:
     os.waitpid(pid, 0)
     print("reaped", flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("pg_overhead_machine_meter", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_backends_that_exited_during_the_run_are_charged_to_it(bench) -> None:

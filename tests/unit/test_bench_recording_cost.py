@@ -3,22 +3,8 @@ TPS lost, per protocol, from runs of the same round (never across rounds)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
-
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "pg_overhead.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("pg_overhead_under_test", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cost_is_per_round_then_median_and_judged_only_for_the_default_mode(bench) -> None:
