@@ -3,7 +3,6 @@ TPS lost, per protocol, from runs of the same round (never across rounds)."""
 
 from __future__ import annotations
 
-
 import pytest
 
 
