@@ -273,12 +273,10 @@ def _evidence_export(args: argparse.Namespace) -> int:
 def _approvals_reindex(args: argparse.Namespace) -> int:
     """``wardgate approvals reindex``: give requests stored before the pending index their ``open/``
     copy (see ApprovalService.reindex)."""
-    from urllib.parse import unquote
-
     from wardgate import adapters
+    from wardgate.adapters.local import local_path
     from wardgate.approvals.cli import CliError
     from wardgate.approvals.service import ApprovalService
-    from wardgate.core.files import file_url_path
     from wardgate.core.ports import StoreUnavailable
     from wardgate.server import local_url
 
@@ -289,14 +287,12 @@ def _approvals_reindex(args: argparse.Namespace) -> int:
     if not config.approvals.enabled:
         raise CliError(f"{args.config}: approvals.enabled is false: this gateway keeps no approval requests", 2)
     url = local_url(config.approvals.store, config.state_dir)
-    if url.startswith("sqlite://"):
-        # Opening a SQLite store creates it: a wrong --config would "index" a new, empty one.
-        path = Path(unquote(file_url_path(url))).expanduser()
-        if not path.is_file():
-            raise CliError(f"decision store {url}: no such file ({args.config} names it as approvals.store "
-                           f"in state_dir {config.state_dir}): is this the gateway's configuration?", 2)
     try:
         try:
+            # Opening a SQLite store creates it: a wrong --config would "index" a new, empty one.
+            if url.startswith("sqlite://") and not local_path(url).is_file():
+                raise CliError(f"decision store {url}: no such file ({args.config} names it as approvals.store "
+                               f"in state_dir {config.state_dir}): is this the gateway's configuration?", 2)
             store = adapters.open_decision_store(url)
         except ValueError as exc:  # an unknown scheme, a missing cloud SDK (adapters.AdapterError), a bad URL
             raise CliError(f"{args.config}: approvals.store: {exc}", 2) from None

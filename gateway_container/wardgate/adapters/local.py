@@ -28,7 +28,8 @@ from wardgate.core.integrity import LocalEd25519Signer
 from wardgate.core.ports import ObjectExists, QueueMessage, StoreUnavailable
 
 
-def _path_of(url: str) -> Path:
+def local_path(url: str) -> Path:
+    """The file or directory a ``sqlite://`` or ``file://`` URL names (absolute)."""
     raw = unquote(file_url_path(url))
     if not raw:
         raise ValueError(f"{url!r}: no path")
@@ -127,7 +128,7 @@ class SqliteDecisionStore:
 
     def __init__(self, url: str):
         self.url = url
-        self.path = _path_of(url)
+        self.path = local_path(url)
         self._local = threading.local()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +179,7 @@ class DirectoryObjectStore:
 
     def __init__(self, url: str):
         self.url = url
-        self.root = _path_of(url)
+        self.root = local_path(url)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -222,4 +223,4 @@ class DirectoryObjectStore:
 
 
 def open_local_signer(url: str) -> LocalEd25519Signer:
-    return LocalEd25519Signer(_path_of(url))
+    return LocalEd25519Signer(local_path(url))
