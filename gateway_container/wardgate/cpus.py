@@ -13,21 +13,26 @@ from pathlib import Path
 log = logging.getLogger("wardgate.cpus")
 
 
+def _lineage(base: Path, path: str) -> list[Path]:
+    """The directory of cgroup ``path`` under ``base``, then each of its parents up to ``base``."""
+    parts = [part for part in path.split("/") if part and part not in (".", "..")]
+    return [base.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def _cpus(quota: int, period: int) -> float:
+    if quota <= 0 or period <= 0:
+        raise ValueError(f"quota {quota}, period {period}")
+    return quota / period
+
+
 def _cgroup_v2_limit(root: Path, path: str) -> tuple[bool, float | None]:
     """(whether any ``cpu.max`` was read, the tightest quota in CPUs) of cgroup ``path`` and its parents."""
     found, tightest = False, None
-    parts = [part for part in path.split("/") if part and part not in (".", "..")]
-    for depth in range(len(parts), -1, -1):
-        file = root.joinpath("sys/fs/cgroup", *parts[:depth], "cpu.max")
+    for directory in _lineage(root / "sys/fs/cgroup", path):
+        file = directory / "cpu.max"
         try:
             fields = file.read_text().split()
-            if fields[0] == "max":
-                limit = None
-            else:
-                quota, period = int(fields[0]), int(fields[1])
-                if quota <= 0 or period <= 0:
-                    raise ValueError(f"quota {quota}, period {period}")
-                limit = quota / period
+            limit = None if fields[0] == "max" else _cpus(int(fields[0]), int(fields[1]))
         except FileNotFoundError:
             continue
         except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
@@ -46,23 +51,19 @@ def _cgroup_v1_limit(root: Path, controllers: str, path: str) -> float | None:
     if mount is None:
         return None
     tightest = None
-    parts = [part for part in path.split("/") if part and part not in (".", "..")]
-    for depth in range(len(parts), -1, -1):
-        directory = mount.joinpath(*parts[:depth])
+    for directory in _lineage(mount, path):
         try:
             quota = int((directory / "cpu.cfs_quota_us").read_text())
             if quota == -1:
                 continue
-            period = int((directory / "cpu.cfs_period_us").read_text())
-            if quota <= 0 or period <= 0:
-                raise ValueError(f"quota {quota}, period {period}")
+            limit = _cpus(quota, int((directory / "cpu.cfs_period_us").read_text()))
         except FileNotFoundError:
             continue
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             log.debug("CPU quota: %s ignored: %s", directory, exc)
             continue
-        if tightest is None or quota / period < tightest:
-            tightest = quota / period
+        if tightest is None or limit < tightest:
+            tightest = limit
     return tightest
 
 
