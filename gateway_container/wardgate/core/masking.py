@@ -366,9 +366,8 @@ _AWS_CONTEXT = re.compile(
     r"|(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"
 )
 _AWS_CONTEXT_WINDOW = 256
-_HEX_CHARS = frozenset("0123456789abcdefABCDEF")
-# ``not value.strip(_HEX)`` is ``_HEX_CHARS.issuperset(value)`` in one C call (strip removes every
-# character when, and only when, all of them are in the set).
+# ``not value.strip(_HEX)``: only hex digits, in one C call (strip removes every character when, and
+# only when, all of them are in the set).
 _HEX = "0123456789abcdefABCDEF"
 _HEX_DASH = _HEX + "-"
 
