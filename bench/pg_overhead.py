@@ -204,7 +204,9 @@ class MachineMeter:
         self._backends_gone()
         usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         count = run.transactions
-        run.pgbench_cpu_us_per_txn = ((usage_after.ru_utime + usage_after.ru_stime - usage.ru_utime - usage.ru_stime)
+        # Counter by counter: summing first and then subtracting can go a rounding error below zero
+        # when pgbench used no CPU (CI saw -1.8e-12).
+        run.pgbench_cpu_us_per_txn = (((usage_after.ru_utime - usage.ru_utime) + (usage_after.ru_stime - usage.ru_stime))
                                       / count * 1e6)
         run.postgres_cpu_us_per_txn = (reaped_cpu_seconds(self.postmaster_pid) - postgres) / count * 1e6
         run.machine_idle_us_per_txn = (idle_after - idle) / count * 1e6
