@@ -51,6 +51,12 @@ class GatewayMetrics:
                                       ["protocol", "resource"], registry=self.registry)
         self.authentications = Counter("wardgate_authentications_total", "Token verifications by outcome",
                                        ["protocol", "outcome", "reason"], registry=self.registry)
+        self.cancel_requests = Counter(
+            "wardgate_cancel_requests_total",
+            "PostgreSQL cancel requests by outcome: backend (passed to the backend), withdrawn (a held "
+            "statement's approval request), unknown (no such key here: another replica issued it, its "
+            "session ended, or it is forged), failed (the backend or worker could not be reached)",
+            ["outcome"], registry=self.registry)
         self.audit_events = Gauge("wardgate_audit_events_written", "Audit events written since start",
                                   registry=self.registry)
         self.audit_up = Gauge("wardgate_audit_sink_up", "1 when the audit sink accepts writes",
@@ -70,6 +76,9 @@ class GatewayMetrics:
 
     def authenticated(self, protocol: str, ok: bool, reason: str) -> None:
         self.authentications.labels(protocol, "ok" if ok else "refused", reason).inc()
+
+    def cancel_request(self, outcome: str) -> None:
+        self.cancel_requests.labels(outcome).inc()
 
     def decision_counts(self, protocol: str) -> defaultdict:
         counts = self.decisions.get(protocol)

@@ -225,9 +225,9 @@ class Gateway:
         resources = {name: self._pg_resource(name, r) for name, r in config.resources.items()
                      if r.protocol == "postgres"}
         if self.worker is not None:  # keys carry the slot; other workers' keys are passed to them
-            cancels = CancelRegistry(self.worker.slot, self._cancel_in_worker)
+            cancels = CancelRegistry(self.worker.slot, self._cancel_in_worker, self.metrics.cancel_request)
         else:
-            cancels = CancelRegistry()
+            cancels = CancelRegistry(observe=self.metrics.cancel_request)
         self._cancels = cancels
         masking_key = self._secret(config.masking_key, "masking.key")
         for listener in config.listeners:

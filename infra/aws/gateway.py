@@ -76,6 +76,9 @@ class GatewayService(pulumi.ComponentResource):
         target_group = aws.lb.TargetGroup(
             naming.name("gateway-tg", max_length=32), name=naming.name("gateway-tg", max_length=32),
             port=LISTENER_PORT, protocol="TCP", target_type="ip", vpc_id=network.vpc_id, preserve_client_ip="true",
+            # A PostgreSQL cancel (psql's Ctrl-C, a driver's timeout) is a new connection carrying the key
+            # one replica issued; only that replica can act on it. Source-IP stickiness sends it there.
+            stickiness={"type": "source_ip", "enabled": True},
             health_check={"protocol": "TCP", "interval": 10, "healthy_threshold": 2, "unhealthy_threshold": 2},
             tags=tags, opts=child)
         aws.lb.Listener(naming.name("gateway-listener"), load_balancer_arn=self.load_balancer.arn,

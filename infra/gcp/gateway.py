@@ -112,6 +112,9 @@ class GatewayGroup(pulumi.ComponentResource):
         backend = gcp.compute.RegionBackendService(
             naming.name("gateway-backend"), name=naming.name("gateway-backend"), project=project, region=region,
             load_balancing_scheme="INTERNAL", protocol="TCP", health_checks=self.health_check.id,
+            # A PostgreSQL cancel is a new connection carrying the key one replica issued; only that
+            # replica can act on it. Client-IP affinity sends it there.
+            session_affinity="CLIENT_IP",
             backends=[{"group": self.group.instance_group, "balancing_mode": "CONNECTION"}],
             connection_draining_timeout_sec=300, opts=child)
         self.forwarding_rule = gcp.compute.ForwardingRule(

@@ -73,6 +73,14 @@ def test_gateway_has_no_public_ingress(deployed):
     assert set(document["listeners"][0]["tls"]) == {"cert_file", "key_file"}
 
 
+def test_a_cancel_connection_reaches_the_replica_that_issued_its_key(deployed):
+    # psql's Ctrl-C and drivers' timeouts open a new connection: from the same client address, the
+    # target group must send it to the same replica (the only one that knows the key).
+    [target_group] = deployed.of_type("aws:lb/targetGroup:TargetGroup")
+    assert target_group.inputs["stickiness"] == {"type": "source_ip", "enabled": True}
+    assert target_group.inputs["preserveClientIp"] == "true"
+
+
 def test_prod_stack_is_deployed_into_the_existing_network(deployed):
     vpcs = deployed.of_type("aws:ec2/vpc:Vpc")
     [service] = deployed.of_type("aws:ecs/service:Service")

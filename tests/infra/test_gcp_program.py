@@ -66,6 +66,8 @@ def test_gateway_has_no_public_ingress(deployed):
     assert rule.inputs["ports"] == ["6432"] and rule.inputs["allowGlobalAccess"] is False
     [backend] = deployed.of_type("gcp:compute/regionBackendService:RegionBackendService")
     assert backend.inputs["loadBalancingScheme"] == "INTERNAL" and backend.inputs["protocol"] == "TCP"
+    # A cancel connection (psql's Ctrl-C, a driver's timeout) must reach the replica that issued the key.
+    assert backend.inputs["sessionAffinity"] == "CLIENT_IP"
     [group] = deployed.of_type("gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager")
     assert [b["group"] for b in backend.inputs["backends"]] == [group.state["instanceGroup"]]
     assert group.inputs["versions"][0]["instanceTemplate"] == template.state["selfLinkUnique"]

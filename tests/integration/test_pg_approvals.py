@@ -220,6 +220,7 @@ def test_client_cancel_withdraws_the_request(make_gw, postgres):
         error = held.result()
         assert error is not None and "withdrawn" in str(error)
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert gw.gateway.metrics.registry.get_sample_value("wardgate_cancel_requests_total", {"outcome": "withdrawn"}) == 1
     # withdrawn is final: a later approval cannot revive it
     assert cli(gw, dba(gw), "approvals", "approve", request) != 0
     assert postgres.run_sql(f"SELECT count(*) FROM {table}", dbname="orders").strip() == "0"

@@ -559,7 +559,11 @@ def test_wrong_message_instead_of_password(plain_gateway: GatewayThread) -> None
 
 
 def test_cancel_request_with_unknown_key(plain_gateway: GatewayThread) -> None:
-    """Like PostgreSQL: an unknown cancel key gets no answer, just a close, and cancels nothing."""
+    """Like PostgreSQL: an unknown cancel key gets no answer, just a close, and cancels nothing; the
+    operator sees it counted (cancels reaching the wrong replica show up there)."""
+    registry = plain_gateway.gateway.metrics.registry
+    counted = lambda outcome: registry.get_sample_value("wardgate_cancel_requests_total", {"outcome": outcome}) or 0  # noqa: E731
+    unknown, backend = counted("unknown"), counted("backend")
     with bystander(plain_gateway) as conn:
         client = raw(plain_gateway)
         try:
@@ -568,6 +572,7 @@ def test_cancel_request_with_unknown_key(plain_gateway: GatewayThread) -> None:
         finally:
             client.close()
         assert conn.execute("SELECT pg_sleep(0.2), 'not cancelled'").fetchone()[1] == "not cancelled"
+    assert (counted("unknown"), counted("backend")) == (unknown + 1, backend)
 
 
 @pytest.mark.parametrize("message", [

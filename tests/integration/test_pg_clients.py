@@ -587,8 +587,11 @@ def test_asyncpg_cancel_on_timeout(gateway: GatewayThread) -> None:
         finally:
             await asyncio.wait_for(conn.close(), 10)
 
+    registry = gateway.gateway.metrics.registry
+    cancelled = registry.get_sample_value("wardgate_cancel_requests_total", {"outcome": "backend"}) or 0
     elapsed = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert elapsed < 5
+    assert registry.get_sample_value("wardgate_cancel_requests_total", {"outcome": "backend"}) == cancelled + 1
 
 
 # --- pgbench -------------------------------------------------------------------------------------

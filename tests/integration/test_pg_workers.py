@@ -238,6 +238,10 @@ def test_cancel_reaches_the_session_whichever_worker_receives_it(supervised) -> 
         assert all(isinstance(outcome, errors.QueryCanceled) for outcome in outcomes), outcomes
         for conn in connections:  # the sessions go on
             assert conn.execute("SELECT 1").fetchone() == (1,)
+        # Each request counted once, by the worker that settled it, although another received it.
+        cancels = {dict(labels)["outcome"]: count for (name, labels), count in gateway.metrics().items()
+                   if name == "wardgate_cancel_requests_total"}
+        assert cancels == {"backend": 4.0}, cancels
     finally:
         for conn in connections:
             conn.close()

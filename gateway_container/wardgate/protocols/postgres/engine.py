@@ -125,13 +125,15 @@ class CancelRegistry:
 
     ``slot`` (1…127) is this worker's number when the gateway runs worker processes, and ``forward``
     a coroutine function ``(slot, pid, secret)`` that delivers a CancelRequest for another worker's
-    key to that worker."""
+    key to that worker. ``observe(outcome)`` is told what became of each request, once, by the
+    process that settled it: ``backend``, ``withdrawn``, ``unknown`` or ``failed``."""
 
-    def __init__(self, slot: int = 0, forward=None) -> None:
+    def __init__(self, slot: int = 0, forward=None, observe=None) -> None:
         if not 0 <= slot <= MAX_SLOTS:
             raise ValueError(f"worker slot {slot} out of range 0..{MAX_SLOTS}")
         self.slot = slot
         self.forward = forward
+        self.observe = observe if observe is not None else (lambda outcome: None)
         self._keys: dict[int, CancelKey] = {}
 
     def issue(self, host: str, port: int, backend_pid: int, backend_secret: bytes,
@@ -168,19 +170,28 @@ class CancelRegistry:
             owner = self.owner(pid)
             if not forwarded and self.forward is not None and owner and owner != self.slot:
                 try:
-                    await self.forward(owner, pid, secret)
+                    await self.forward(owner, pid, secret)  # that worker observes the outcome
                 except (OSError, TimeoutError) as exc:
                     log.warning("cancel forwarding to worker %d failed: %s", owner, exc)
-            return  # PostgreSQL also answers nothing to an unknown key
+                    self.observe("failed")
+                return
+            # PostgreSQL also answers nothing to an unknown key. Counted: behind a load balancer
+            # without client affinity, cancels reaching the wrong replica show up here.
+            self.observe("unknown")
+            return
         connection = key.connection
         if connection is not None and connection._cancel_pid == pid and connection._holding:
             # Nothing runs on the backend yet: the cancel withdraws the approval request.
             connection.session.withdraw("cancelled by the client")
+            self.observe("withdrawn")
             return
         try:
             await send_cancel(key.host, key.port, key.backend_pid, key.backend_secret)
         except (OSError, TimeoutError) as exc:
             log.warning("cancel forwarding to %s:%s failed: %s", key.host, key.port, exc)
+            self.observe("failed")
+            return
+        self.observe("backend")
 
 
 class PostgresFrontend:
