@@ -49,11 +49,14 @@ def extensions() -> list:
     for module, pyx, macro, libraries in ACCELERATORS:
         digest = hashlib.sha256((HERE / pyx).read_bytes()).hexdigest()
         built.append(Extension(
-            module, [pyx.as_posix()], define_macros=[(macro, f'"{digest}"')], libraries=libraries,
-            optional=True,  # a failed compile leaves the Python implementation, it does not fail the install
-        ))
+            module, [pyx.as_posix()], define_macros=[(macro, f'"{digest}"')], libraries=libraries))
     # The generated C goes under build/, not into the source tree.
-    return cythonize(built, build_dir="build/cython", quiet=True, compiler_directives={"language_level": "3"})
+    compiled = cythonize(built, build_dir="build/cython", quiet=True, compiler_directives={"language_level": "3"})
+    for extension in compiled:
+        # cythonize() returns new Extension objects without ``optional``: set it again, or a machine
+        # without a C compiler or Python's headers fails the whole install instead of falling back.
+        extension.optional = True
+    return compiled
 
 
 setup(

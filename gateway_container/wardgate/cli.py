@@ -304,6 +304,19 @@ def _approvals_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accelerators(args: argparse.Namespace) -> int:
+    """The gateway's compiled accelerators as ``wardgate serve`` would load them: an install (or an
+    image build) can check that none silently falls back to the slower Python reference."""
+    import wardgate.server  # noqa: F401 - importing the gateway loads every accelerator
+    from wardgate.core.compiled import accelerator_status
+
+    status = accelerator_status()
+    width = max(len(what) for what in status)
+    for what, (state, detail) in sorted(status.items()):
+        print(f"{what:<{width}}  {state:<8}  {detail}")
+    return 1 if any(state == "fallback" for state, _ in status.values()) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wardgate", description="Layer 7 access gateway for AI agents and CI")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -388,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--signing-key", help="Ed25519 private key (PKCS#8 PEM) that signs manifest.json, e.g. "
                         "the gateway's state_dir/audit-signing-key.pem")
     export.set_defaults(func=_evidence_export)
+
+    accelerators = commands.add_parser(
+        "accelerators", help="show whether each compiled accelerator is in use (exit 1 if one falls back to Python)")
+    accelerators.set_defaults(func=_accelerators)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", required=True)

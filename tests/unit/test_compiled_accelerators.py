@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from wardgate.core import audit, masking, sqlclass
+from wardgate import cli
+from wardgate.core import audit, compiled, masking, sqlclass
 from wardgate.protocols.postgres import engine, rowmask
 
 # (module, its .pyx, the env var forcing Python, the loader its user calls, the module in use or None)
 ACCELERATORS = {
-    "row masker": ("wardgate.protocols.postgres._rowmask_fast", Path(rowmask.__file__).with_name("_rowmask_fast.pyx"),
+    "DataRow masker": ("wardgate.protocols.postgres._rowmask_fast", Path(rowmask.__file__).with_name("_rowmask_fast.pyx"),
                    "WARDGATE_MASKING_PYTHON", rowmask._load_fast, lambda: rowmask._FAST, lambda: rowmask._FAST_PROBLEM),
     "audit event chain": ("wardgate.core._eventchain_fast", Path(audit.__file__).with_name("_eventchain_fast.pyx"),
                           "WARDGATE_AUDIT_PYTHON", audit._load_fast, lambda: audit._EVENTCHAIN_FAST,
@@ -49,6 +51,7 @@ def test_module_in_use_matches_its_source(name: str) -> None:
 def test_stale_hand_compiled_or_missing_module_is_not_used(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     module_name, _, disable_env, load, _, _ = ACCELERATORS[name]
     monkeypatch.delenv(disable_env, raising=False)
+    monkeypatch.setattr(compiled, "_status", dict(compiled._status))  # these loads must not stick
     stale = types.ModuleType(module_name)
     stale.SOURCE_SHA256 = "0" * 64  # built from another version of the .pyx
     stale.__file__ = "/nowhere/stale.so"
@@ -72,3 +75,33 @@ def test_in_use_where_required(name: str) -> None:
         pytest.skip("WARDGATE_REQUIRE_COMPILED is not set")
     _, _, _, _, in_use, problem = ACCELERATORS[name]
     assert in_use() is not None, problem()
+
+
+def test_the_accelerators_command_names_each_one_and_fails_on_a_fallback(capsys, monkeypatch) -> None:
+    """``wardgate accelerators`` (run by the image build) lists every accelerator as the gateway loaded
+    it, and exits 1 when one fell back to Python, naming why."""
+    code = cli.main(["accelerators"])
+    lines = capsys.readouterr().out.splitlines()
+    for name, (_, _, disable_env, _, in_use, problem) in ACCELERATORS.items():
+        [line] = [line for line in lines if line.startswith(name + " ")]
+        if in_use() is not None:
+            assert " in use " in line, line
+        elif problem() is None:
+            assert " off " in line and disable_env in line, line
+        else:
+            assert " fallback " in line and problem() in line, line
+    assert len(lines) == len(ACCELERATORS)
+    assert code == (1 if any(spec[5]() for spec in ACCELERATORS.values()) else 0)
+
+    monkeypatch.setitem(compiled._status, "DataRow masker", ("fallback", "the compiled row masker is not built (test)"))
+    assert cli.main(["accelerators"]) == 1
+    assert "fallback  the compiled row masker is not built (test)" in capsys.readouterr().out
+
+
+def test_an_accelerator_turned_off_on_purpose_is_reported_off_and_does_not_fail_the_command() -> None:
+    env = {**os.environ, "WARDGATE_DETECT_PYTHON": "1"}
+    result = subprocess.run([sys.executable, "-m", "wardgate.cli", "accelerators"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("detector prefilter ")]
+    assert " off " in line and "WARDGATE_DETECT_PYTHON is set" in line, result.stdout
+    assert result.returncode == (1 if " fallback " in result.stdout else 0), result.stdout

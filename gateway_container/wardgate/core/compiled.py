@@ -16,10 +16,31 @@ from pathlib import Path
 from types import ModuleType
 
 
+# what → (state, detail) of every accelerator loaded in this process: ("in use", the module's file),
+# ("off", the variable that turned it off) or ("fallback", why not). `wardgate accelerators` prints it.
+_status: dict[str, tuple[str, str]] = {}
+
+
+def accelerator_status() -> dict[str, tuple[str, str]]:
+    """What became of each accelerator this process loaded, by name (see ``_status``)."""
+    return dict(_status)
+
+
 def load_compiled(module: str, source: Path, *, what: str, disable_env: str) -> tuple[ModuleType | None, str | None]:
     """``(module, None)`` when the compiled ``module`` is built from ``source`` as it is now;
     ``(None, why not)`` otherwise; ``(None, None)`` when ``disable_env`` is set (asked for, no
     warning needed)."""
+    compiled, problem = _load(module, source, what, disable_env)
+    if compiled is not None:
+        _status[what] = ("in use", str(compiled.__file__))
+    elif problem is None:
+        _status[what] = ("off", f"{disable_env} is set")
+    else:
+        _status[what] = ("fallback", problem)
+    return compiled, problem
+
+
+def _load(module: str, source: Path, what: str, disable_env: str) -> tuple[ModuleType | None, str | None]:
     if os.environ.get(disable_env, "") not in ("", "0"):
         return None, None
     try:
