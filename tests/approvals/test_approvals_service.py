@@ -242,36 +242,3 @@ def test_denied_grant_never_becomes_active(service):
     assert service.active_grants(ALICE, None) == []
 
 
-# -- what an approval covers ----------------------------------------------------------------------
-
-
-def test_approval_covers_only_that_statement_in_that_session(service, clock):
-    from wardgate.approvals import approval_covers
-
-    text_a, text_b = "ALTER TABLE orders ADD c int", "DROP TABLE orders"
-    request = hold(service, statement=text_a)
-    assert not approval_covers(request, None, session_id="s-1", command_hash=command_hash(text_a, []), now=clock())
-    outcome = service.decide(request.id, BOB, "approve")
-    covers = lambda text, params=(), session="s-1": approval_covers(  # noqa: E731
-        request, outcome, session_id=session, command_hash=command_hash(text, list(params)), now=clock())
-    assert covers(text_a)
-    assert not covers(text_b)                        # approval of A never lets B run
-    assert not covers(text_a, ["x"])                 # nor A with other parameters
-    assert not covers(text_a, session="s-2")         # nor A in another session
-    denied_request = hold(service, statement=text_a)
-    denied = service.decide(denied_request.id, BOB, "deny")
-    assert not approval_covers(denied_request, denied, session_id="s-1", command_hash=command_hash(text_a, []),
-                               now=clock())
-
-
-def test_duration_scope_lapses(service, clock):
-    from wardgate.approvals import approval_covers
-
-    text = "ALTER TABLE orders ADD d int"
-    request = service.request_statement(
-        ALICE, session_id="s-9", resource="orders", statement=text, parameters=[], command_hash=command_hash(text, []),
-        rule="ddl", controls=[], approvers=["dba"], quorum=1, scope="duration", scope_seconds=300, timeout_seconds=60)
-    outcome = service.decide(request.id, BOB, "approve")
-    args = dict(session_id="s-9", command_hash=command_hash(text, []))
-    assert approval_covers(request, outcome, now=clock() + 299, **args)
-    assert not approval_covers(request, outcome, now=clock() + 301, **args)

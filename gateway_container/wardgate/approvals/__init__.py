@@ -4,9 +4,8 @@ The stores and queues are handed in (``wardgate.core.ports``); nothing here impo
 the gateway's embedded default and the serverless approval functions run the same code.
 """
 
-from wardgate.approvals.records import (ApprovalRefused, ApprovalRequest, Outcome, Vote, approval_covers,
-                                       command_hash)
+from wardgate.approvals.records import ApprovalRefused, ApprovalRequest, Outcome, Vote, command_hash
 from wardgate.approvals.service import ApprovalService, Grant
 
-__all__ = ["ApprovalRefused", "ApprovalRequest", "ApprovalService", "Grant", "Outcome", "Vote", "approval_covers",
+__all__ = ["ApprovalRefused", "ApprovalRequest", "ApprovalService", "Grant", "Outcome", "Vote",
            "command_hash"]

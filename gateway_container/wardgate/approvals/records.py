@@ -20,7 +20,6 @@ so "first write wins" is the decision store's own guarantee and every step is ev
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 import time
@@ -259,22 +258,3 @@ class Outcome:
         return cls(record["request_id"], record["verdict"], parse_rfc3339(record["at"]),
                    tuple(dict(b) for b in record.get("by") or ()), record.get("reason", ""),
                    tuple(record.get("controls") or OUTCOME_CONTROLS))
-
-
-def approval_covers(request: ApprovalRequest, outcome: Outcome | None, *, session_id: str, command_hash: str,
-                    now: float) -> bool:
-    """Whether an approved statement request lets this exact command run now.
-
-    An approval is bound to the command's hash and to the session it was held in, whatever its scope:
-    a different statement (or the same one with other parameters), or another session, always needs
-    its own approval. ``scope`` only says how often the approved command may run: ``statement`` once
-    (the caller runs the held statement and forgets the approval), ``session`` again for the rest of
-    the session, ``duration`` again until ``scope_seconds`` after the approval.
-    """
-    if outcome is None or not outcome.approved or request.kind != STATEMENT:
-        return False
-    if request.session_id != session_id or not hmac.compare_digest(request.command_hash, command_hash):
-        return False
-    if request.scope == "duration":
-        return now < outcome.at + float(request.scope_seconds or 0)
-    return True
