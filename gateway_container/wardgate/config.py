@@ -309,6 +309,11 @@ class GatewayConfig(_Strict):
     # Above 1, a supervisor accepts connections and hands them to the workers in turn, restarts a
     # worker that dies, and serves the control port for all of them (see docs/workers.md).
     workers: int | Literal["auto"] = 1
+    # On SIGTERM/SIGINT: stop accepting, close each session at its next point with no statement running
+    # and no transaction open, and only after this long close the rest (their open transactions roll
+    # back). 0: close every session at once. Keep it under the platform's stop timeout (ECS and
+    # Container Apps: 30 s), which also covers shipping the last audit segment.
+    shutdown_grace: Duration = 20.0
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -123,6 +123,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._frontends: list[PostgresFrontend] = []
+        self._draining = False
         self._ready = False
         self._policy_stamp: tuple | None = None
         self._watcher: asyncio.Task | None = None
@@ -357,6 +358,9 @@ class Gateway:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        if self._draining:
+            return web.Response(status=503, text=f"stopping: {self._open_sessions()} session(s) left, "
+                                                 "each closed once idle\n")
         if not self._ready:
             return web.Response(status=503, text="starting\n")
         answer = "ready\n"
@@ -475,6 +479,37 @@ class Gateway:
                     log.warning("audit archive %s writable again: commands are accepted", self.config.audit.archive)
                 self.core.refusing = error
 
+    async def drain(self, grace: float, abandon: asyncio.Event | None = None) -> None:
+        """Stop taking sessions and let the open ones reach a point where nothing runs and no
+        transaction is open, where each is closed; wait at most ``grace`` seconds (or until
+        ``abandon`` is set: a second signal). :meth:`stop` then closes whatever is left."""
+        if self._stopped or grace <= 0:
+            return
+        self._draining = True  # /readyz: 503 from now on, so load balancers send no one new
+        for server in self._servers:
+            server.close()  # no new connections
+        open_sessions = self._open_sessions()
+        if not open_sessions:
+            return
+        log.info("stopping: %d session(s) are closed as each becomes idle, for at most %.0fs "
+                 "(another SIGTERM or SIGINT: at once)", open_sessions, grace)
+        for frontend in self._frontends:
+            frontend.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while left := self._open_sessions():
+            if loop.time() >= deadline or (abandon is not None and abandon.is_set()):
+                log.warning("stopping: closing %d session(s) still running a statement or in a transaction "
+                            "(their transactions roll back)", left)
+                return
+            await asyncio.sleep(0.05)
+
+    def _open_sessions(self) -> int:
+        """Sessions not closed yet. One being closed counts as closed: over TLS the transport waits for
+        the client's close_notify, which an idle client sends only when it next reads."""
+        return sum(1 for frontend in self._frontends for connection in frontend.connections
+                   if connection.transport is None or not connection.transport.is_closing())
+
     async def stop(self) -> None:
         if self._stopped:  # after a failed start, and again by whoever started it
             return
@@ -555,5 +590,8 @@ async def run_gateway(config: GatewayConfig, config_dir: Path, *, on_started=Non
         on_started(gateway)
     try:
         await stop.wait()
+        # A second SIGTERM or SIGINT while draining stops at once.
+        stop.clear()
+        await gateway.drain(config.shutdown_grace, stop)
     finally:
         await gateway.stop()

@@ -20,8 +20,9 @@ without either (``server.Gateway`` with a ``WorkerRole``):
 - **A worker that dies** loses its sessions (clients see the connection close) and is started again
   (its unsealed segment is recovered by the new worker); the others go on. The supervisor's death
   stops the workers: their channel ends.
-- **Signals**: SIGTERM/SIGINT stop everything (every session's end recorded); SIGHUP reloads the
-  policy everywhere.
+- **Signals**: SIGTERM/SIGINT stop everything: each worker closes its sessions as they become idle,
+  for at most ``shutdown_grace``, then the rest (every session's end recorded); a second one stops at
+  once. SIGHUP reloads the policy everywhere.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from wardgate.server import Gateway, StartError, close_watched, start_or_explain
 log = logging.getLogger("wardgate.supervisor")
 
 START_TIMEOUT = 60.0     # a worker must be serving within this long
-STOP_TIMEOUT = 30.0      # then it is killed
+STOP_TIMEOUT = 30.0      # after its shutdown_grace: then it is killed
 RESTART_DELAY_MAX = 30.0  # backoff between restarts of a worker that keeps dying at start
 SCRAPE_TIMEOUT = 5.0
 
@@ -139,23 +140,28 @@ class Supervisor:
         self._listeners.clear()
         for task in self._monitors:
             task.cancel()
-        for worker in self.workers:
-            if worker.process is not None and worker.process.returncode is None:
-                worker.process.send_signal(signal.SIGTERM)
+        # Each worker drains its sessions (config shutdown_grace), then stops.
+        self.signal_workers(signal.SIGTERM)
         for worker in self.workers:
             await self._reap(worker)
         await self.control.stop()
         if self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    def signal_workers(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(signum)
+
     async def _reap(self, worker: WorkerProcess) -> None:
         process = worker.process
         if process is None:
             return
+        timeout = self.config.shutdown_grace + STOP_TIMEOUT
         try:
-            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            await asyncio.wait_for(process.wait(), timeout)
         except asyncio.TimeoutError:
-            log.error("worker %d (pid %d) did not stop within %.0fs: killed", worker.slot, process.pid, STOP_TIMEOUT)
+            log.error("worker %d (pid %d) did not stop within %.0fs: killed", worker.slot, process.pid, timeout)
             process.kill()
             await process.wait()
         self._close_channel(worker)
@@ -332,5 +338,8 @@ async def run_supervisor(config: GatewayConfig, config_path: Path, workers: int,
         on_started(supervisor)
     try:
         await stop.wait()
+        # The workers drain their sessions; another SIGTERM or SIGINT tells them to stop at once.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, supervisor.signal_workers, signal.SIGTERM)
     finally:
         await supervisor.stop()

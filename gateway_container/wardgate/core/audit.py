@@ -659,6 +659,10 @@ class Recorder:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def forwarding_for(self, owner: Any) -> bool:
+        """Whether data of ``owner`` still waits for its events to be written (see :meth:`forward`)."""
+        return any(queued[2] is owner for queued in self._queued)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._fsync_in_flight or not self._queued:

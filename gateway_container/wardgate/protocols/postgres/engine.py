@@ -56,6 +56,10 @@ _REFUSED_PORTAL_NAME = "wardgate refused: no such portal"
 _Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = b"QPBDECSFHX"
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = b"dcf"
 _PASSTHROUGH_FROM_CLIENT = frozenset({_H, _COPY_DATA, _COPY_DONE, _COPY_FAIL})
+# The transaction status of a ReadyForQuery outside any transaction. When a backend chunk leaves
+# nothing pending and ends with this byte, it ended with that ReadyForQuery: every other message that
+# can come then (notices, notifications, parameter status, errors) ends in a NUL. See _ready.
+_IDLE = b"I"[0]
 _EXTENDED = frozenset({_P, _B, _D, _E, _C})
 _ALLOW = Verdict.ALLOW  # enum member lookups go through a descriptor in 3.11: look up once
 # A Describe the gateway sends itself (to learn a masked portal's columns); its answer is not relayed.
@@ -218,6 +222,11 @@ class PostgresFrontend:
     def __call__(self) -> "ClientConnection":
         return ClientConnection(self)
 
+    def drain(self) -> None:
+        """Ask every session to close at its next idle point (see ``ClientConnection.drain``)."""
+        for connection in list(self.connections):
+            connection.drain()
+
     def close_all(self) -> None:
         for resolver in self._catalogs.values():
             resolver.close()
@@ -292,6 +301,11 @@ class ClientConnection(asyncio.Protocol):
         self._preapproved: tuple | None = None  # (decision, event) the held message resumes with
         self._review_statements: dict[str, tuple] = {}  # statement → (review decision, event, text)
         self._review_portals: dict[str, tuple] = {}     # portal → (review decision, event, text, params)
+        # The last byte of the last backend chunk that left nothing pending: with nothing pending now
+        # (every client message that asks for an answer adds an entry), _IDLE exactly when the session
+        # is idle outside any transaction, the only time a draining gateway closes it.
+        self._ready = 0
+        self._draining = False
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -484,6 +498,7 @@ class ClientConnection(asyncio.Protocol):
         link.on_pause_writing = lambda: self._hold_client_reads("backend-buffer-full")
         link.on_resume_writing = lambda: self._release_client_reads("backend-buffer-full")
         self._relaying = True
+        self._ready = _IDLE if hello.ready_status == b"I" else 0
         leftover_client = bytes(self._startup_buffer)
         self._startup_buffer.clear()
         leftover_backend = link.take_buffered()
@@ -491,6 +506,8 @@ class ClientConnection(asyncio.Protocol):
             self._from_backend(leftover_backend)
         if leftover_client:
             self._from_client(leftover_client)
+        if self._draining:  # the gateway began to stop while this session was starting
+            self._close_if_idle()
 
     def _commit_or_fail(self) -> None:
         """Start-up events must be written too; without the sink, refuse the session."""
@@ -873,6 +890,10 @@ class ClientConnection(asyncio.Protocol):
             if pos == len(data):
                 if pos:
                     self.recorder.forward(self.transport, data, self)
+                    if not self._pending:
+                        self._ready = data[-1]
+                        if self._draining:
+                            self._close_if_idle()
                 return
         else:
             pos = 0
@@ -1025,6 +1046,27 @@ class ClientConnection(asyncio.Protocol):
         if outgoing:
             # Results reach the client only after the events describing them are written.
             self.recorder.forward(self.transport, outgoing, self)
+        if pos == size and not held and not pending and size:
+            self._ready = data[-1]
+            if self._draining:
+                self._close_if_idle()
+
+    # --- draining (the gateway is stopping) -----------------------------------------------------
+    def drain(self) -> None:
+        """Close this session as soon as nothing runs and no transaction is open (at once if that is
+        now), so that stopping the gateway cuts no statement and rolls back no transaction."""
+        self._draining = True
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self._closed or (self.transport is not None and self.transport.is_closing()):
+            return
+        if self.session is None or self.backend is None:
+            # Not relaying yet: nothing runs and no transaction can be open.
+            self.fatal("57P01", "wardgate is shutting down: connect again")
+        elif self._ready == _IDLE and not self._pending and not self._holding and not self._client_tail:
+            self._close_after_forwarding("57P01", "wardgate is shutting down: connect again (no statement was "
+                                                  "running and no transaction was open)")
 
     async def _resolve_then_resume(self, need: "_NeedCatalog") -> None:
         try:
@@ -1353,7 +1395,14 @@ class ClientConnection(asyncio.Protocol):
             if self.backend.transport is not None:
                 self.backend.transport.close()
         self.recorder.forward(self.transport, wire.error_response(sqlstate, text, severity="FATAL"), self)
-        self.loop.call_soon(self._close)  # after the recorder's flush, scheduled earlier
+        self.loop.call_soon(self._close_when_forwarded)  # after the recorder's flush, scheduled earlier
+
+    def _close_when_forwarded(self) -> None:
+        # With fsync "always", the flush may still wait for its fsync: close only once the error is out.
+        if self.recorder.forwarding_for(self) and not self._closed:
+            self.loop.call_later(0.005, self._close_when_forwarded)
+            return
+        self._close()
 
     def fatal(self, sqlstate: str, text: str) -> None:
         """Tell the client why, in its own protocol, and close both sides."""
