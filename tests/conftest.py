@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +14,29 @@ import pytest
 from wardgate.devtools.pgserver import ThrowawayPostgres
 
 pytest_plugins = ["cloud_fixtures"]
+
+_session_tmp: Path | None = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Every temporary directory the tests and the code they run create with ``tempfile`` (in this
+    process, and in ``wardgate serve`` and other subprocesses through TMPDIR) goes into one directory,
+    removed when the session ends: a test that does not remove its own leaves nothing behind (runs
+    used to leave hundreds of directories in /tmp each)."""
+    global _session_tmp
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None:
+        factory.getbasetemp()  # pytest's own tmp_path stays where it was (kept for the last runs)
+    _session_tmp = Path(tempfile.mkdtemp(prefix="wardgate-tests-"))
+    _session_tmp.chmod(0o711)  # the postgres user (throwaway clusters, their TLS files) passes through
+    tempfile.tempdir = str(_session_tmp)
+    os.environ["TMPDIR"] = str(_session_tmp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _session_tmp is not None:
+        shutil.rmtree(_session_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -231,7 +231,10 @@ class PostgresFrontend:
         for resolver in self._catalogs.values():
             resolver.close()
         for connection in list(self.connections):
-            connection.fatal("57P01", "wardgate is shutting down")
+            if connection.transport is None or not connection.transport.is_closing():
+                # (One already closing was told why: a drained session whose TLS close waits for
+                # the client's close_notify.)
+                connection.fatal("57P01", "wardgate is shutting down")
             # Record the end now: connection_lost comes later, after the recorder may be closed.
             if connection.session is not None:
                 connection.session.end("gateway shutting down")
