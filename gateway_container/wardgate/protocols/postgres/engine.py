@@ -231,10 +231,7 @@ class PostgresFrontend:
         for resolver in self._catalogs.values():
             resolver.close()
         for connection in list(self.connections):
-            if connection.transport is None or not connection.transport.is_closing():
-                # (One already closing was told why: a drained session whose TLS close waits for
-                # the client's close_notify.)
-                connection.fatal("57P01", "wardgate is shutting down")
+            connection.fatal("57P01", "wardgate is shutting down")
             # Record the end now: connection_lost comes later, after the recorder may be closed.
             if connection.session is not None:
                 connection.session.end("gateway shutting down")
@@ -1408,12 +1405,14 @@ class ClientConnection(asyncio.Protocol):
         self._close()
 
     def fatal(self, sqlstate: str, text: str) -> None:
-        """Tell the client why, in its own protocol, and close both sides."""
-        if self._closed:
+        """Tell the client why, in its own protocol, and close both sides. A connection already being
+        closed is left alone: whoever closed it recorded why (a drained session's TLS close, for one,
+        waits for the client's close_notify)."""
+        if self._closed or (self.transport is not None and self.transport.is_closing()):
             return
         if self.session is not None:
             self.session.note("session.aborted", code=sqlstate, message=text, controls=["AU-2", "IR-4"])
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None:
             self.transport.write(wire.error_response(sqlstate, text, severity="FATAL"))
         self._close()
 
