@@ -170,9 +170,7 @@ class Supervisor:
         if self.config.policy is None:
             return
         self.control.reload_policy()
-        for worker in self.workers:
-            if worker.process is not None and worker.process.returncode is None:
-                worker.process.send_signal(signal.SIGHUP)
+        self.signal_workers(signal.SIGHUP)
 
     # --- workers ------------------------------------------------------------------------------------
     async def _spawn(self, worker: WorkerProcess) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from served_gateway import ServedGateway
 from wardgate.devtools.harness import GatewayThread, default_test_config
 
 
@@ -36,3 +37,23 @@ def make_gateway(postgres) -> Iterator[Callable[..., GatewayThread]]:
 @pytest.fixture
 def gateway(make_gateway) -> GatewayThread:
     return make_gateway()
+
+
+@pytest.fixture
+def serve(postgres) -> Iterator[Callable[..., ServedGateway]]:
+    """Start ``wardgate serve`` subprocesses fronting the session's PostgreSQL (keyword arguments
+    override config keys); each is stopped, if still running, and its directory removed at the end."""
+    started: list[ServedGateway] = []
+
+    def make(**overrides) -> ServedGateway:
+        # Not pytest's tmp_path: clients read the CA in the state dir, and with workers the run
+        # directory's Unix sockets need a short path.
+        gateway = ServedGateway(postgres, Path(tempfile.mkdtemp(prefix="wardgate-serve-")), **overrides)
+        started.append(gateway)
+        return gateway.start()
+
+    yield make
+    for gateway in started:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.stop()
+        shutil.rmtree(gateway.directory, ignore_errors=True)

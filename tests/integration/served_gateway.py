@@ -123,12 +123,21 @@ class ServedGateway:
             events.extend(json.loads(line) for line in read_segment(path) if line.strip())
         return events
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+    def wait_exit(self, timeout: float) -> int:
+        """Its exit code; killed, and the test failed, if it has not exited within ``timeout``."""
         try:
-            return self.process.wait(timeout=40)
+            return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
-            pytest.fail(f"wardgate serve did not exit on SIGTERM: {self.output}")
+            pytest.fail(f"wardgate serve did not exit within {timeout}s: {self.output}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait_exit(40)
+
+
+def audit_verify(directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*wardgate_command(), "audit", "verify", str(directory)], capture_output=True,
+                          text=True, timeout=60)

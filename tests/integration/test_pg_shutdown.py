@@ -11,58 +11,34 @@ second SIGTERM stops at once. With worker processes, the supervisor's SIGTERM dr
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from served_gateway import ServedGateway, http_get, wardgate_command
+from served_gateway import ServedGateway, audit_verify, http_get
 
 pytestmark = pytest.mark.timeout(120)
+
 
 def readyz(gateway: ServedGateway) -> tuple[int, str]:
     status, body = http_get(gateway.control_url + "/readyz")
     return status, body.strip()
 
 
-def exits(gateway: ServedGateway, timeout: float) -> int:
-    try:
-        return gateway.process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        gateway.process.kill()
-        gateway.process.wait(10)
-        raise AssertionError(f"wardgate serve did not exit within {timeout}s:\n{gateway.output}") from None
-
-
 def audit_verifies(gateway: ServedGateway) -> None:
-    verified = subprocess.run([*wardgate_command(), "audit", "verify", str(gateway.directory / "audit")],
-                              capture_output=True, text=True, timeout=60)
+    verified = audit_verify(gateway.directory / "audit")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 @pytest.fixture
-def served(postgres):
-    started: list[ServedGateway] = []
-
+def served(serve):
     def start(**overrides) -> tuple[ServedGateway, str]:
-        # Not pytest's tmp_path: with workers, the run directory's Unix sockets need a short path.
-        gateway = ServedGateway(postgres, Path(tempfile.mkdtemp(prefix="wardgate-stop-")), **overrides)
-        started.append(gateway)
-        gateway.start()
+        gateway = serve(**overrides)
         return gateway, gateway.token("agent-7", "dev")
-
-    yield start
-    for gateway in started:
-        if gateway.process is not None and gateway.process.poll() is None:
-            gateway.process.kill()
-            gateway.process.wait(10)
-        shutil.rmtree(gateway.directory, ignore_errors=True)
+    return start
 
 
 @pytest.fixture
@@ -134,7 +110,7 @@ def test_sigterm_lets_statements_and_transactions_finish_and_closes_each_session
         in_transaction.execute(f"INSERT INTO {table} VALUES (2)")
         in_transaction.execute("COMMIT")
         assert _closed_by_shutdown(in_transaction)
-        assert exits(gateway, 10) == 0
+        assert gateway.wait_exit(10) == 0
         assert time.monotonic() - stopped_at < 10  # it did not wait for the grace once all were closed
     finally:
         for conn in (idle, in_transaction, running):
@@ -155,7 +131,7 @@ def test_a_transaction_still_open_after_the_grace_is_rolled_back_and_closed(serv
         conn.execute(f"INSERT INTO {table} VALUES (7)")
         stopped_at = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
-        assert exits(gateway, 15) == 0
+        assert gateway.wait_exit(15) == 0
         assert 0.9 < time.monotonic() - stopped_at < 10
         assert _closed_by_shutdown(conn)
     finally:
@@ -177,7 +153,7 @@ def test_a_second_sigterm_stops_at_once(served, table):
         assert gateway.process.poll() is None  # draining: the transaction may still commit
         stopped_at = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
-        assert exits(gateway, 15) == 0
+        assert gateway.wait_exit(15) == 0
         assert time.monotonic() - stopped_at < 10
     finally:
         conn.close()
@@ -196,7 +172,7 @@ def test_with_workers_the_supervisor_drains_every_worker(served, postgres, table
         for thread, outcome in threads:
             thread.join(10)
             assert outcome == [1], outcome
-        assert exits(gateway, 15) == 0
+        assert gateway.wait_exit(15) == 0
         assert _closed_by_shutdown(first) and _closed_by_shutdown(second)
     finally:
         first.close()

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from psycopg import errors
 
-from served_gateway import ALL_READY, RESOURCE, ServedGateway, http_get, wardgate_command
+from served_gateway import ALL_READY, RESOURCE, ServedGateway, audit_verify, http_get, wardgate_command
 from wardgate.devtools.harness import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -43,20 +43,8 @@ def SupervisedGateway(postgres, directory: Path, **overrides) -> ServedGateway:
 
 
 @pytest.fixture
-def supervised(postgres):
-    # Not pytest's tmp_path: clients read the CA in the state dir.
-    started: list[SupervisedGateway] = []
-
-    def make(**overrides) -> SupervisedGateway:
-        gateway = SupervisedGateway(postgres, Path(tempfile.mkdtemp(prefix="wardgate-workers-")), **overrides)
-        started.append(gateway)
-        return gateway.start()
-
-    yield make
-    for gateway in started:
-        if gateway.process is not None and gateway.process.poll() is None:
-            gateway.stop()
-        shutil.rmtree(gateway.directory, ignore_errors=True)
+def supervised(serve):
+    return lambda **overrides: serve(**{"workers": 2, **overrides})
 
 
 def alive(pid: int) -> bool:
@@ -68,11 +56,6 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
-
-
-def audit_verify(directory: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*wardgate_command(), "audit", "verify", str(directory)], capture_output=True,
-                          text=True, timeout=60)
 
 
 def test_sessions_are_spread_over_both_workers_and_metrics_sum_them(supervised) -> None:
